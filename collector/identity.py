@@ -1,0 +1,55 @@
+"""Telling files apart: device + inode + a fingerprint of the first line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+FINGERPRINT_MAX_BYTES = 256
+
+
+@dataclass(frozen=True)
+class FileId:
+    """A file's identity: inode reuse and rotation give a different FileId."""
+
+    dev: int
+    ino: int
+    fp_len: int
+    fp: str
+
+    def key(self, generation: int = 0) -> str:
+        """A stable name for this file's content generation (bumped by copytruncate)."""
+        return f"{self.dev}:{self.ino}:{self.fp}:{self.fp_len}:{generation}"
+
+    def same_inode(self, st: os.stat_result) -> bool:
+        return st.st_dev == self.dev and st.st_ino == self.ino
+
+
+def read_fingerprint(fd: int) -> tuple[int, str]:
+    """Hash of the file's first line (at most FINGERPRINT_MAX_BYTES); (0, "") when empty."""
+    head = os.pread(fd, FINGERPRINT_MAX_BYTES, 0)
+    nl = head.find(b"\n")
+    if nl >= 0:
+        head = head[: nl + 1]
+    if not head:
+        return 0, ""
+    return len(head), hashlib.sha256(head).hexdigest()[:24]
+
+
+def identify(fd: int) -> FileId:
+    """The FileId of an open file."""
+    st = os.fstat(fd)
+    fp_len, fp = read_fingerprint(fd)
+    return FileId(st.st_dev, st.st_ino, fp_len, fp)
+
+
+def matches(fd: int, file_id: FileId) -> bool:
+    """True when the open file is still the one ``file_id`` names."""
+    st = os.fstat(fd)
+    if not file_id.same_inode(st):
+        return False
+    if file_id.fp_len == 0:
+        return True
+    head = os.pread(fd, file_id.fp_len, 0)
+    return len(head) == file_id.fp_len and hashlib.sha256(head).hexdigest()[:24] == file_id.fp

@@ -1,0 +1,105 @@
+"""Heartbeat and registration, on their own thread and schedule: a batch retry never delays them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from forwarder.registrar import Registrar
+from forwarder.retry import RetryPolicy
+from forwarder.transport import Reply, Transport
+from ila_agent.clock import Clock, rfc3339_ms
+from ila_agent.errors import TransientSendError
+
+log = structlog.get_logger("forwarder")
+
+
+class Heartbeat:
+    """Registers (with backoff) until it succeeds, then beats every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        registrar: Registrar,
+        *,
+        interval: float,
+        buffer_figures: Callable[[], dict[str, Any]],
+        retry: RetryPolicy,
+        clock: Clock,
+    ) -> None:
+        self.transport = transport
+        self.registrar = registrar
+        self.interval = interval
+        self.buffer_figures = buffer_figures
+        self.retry = retry
+        self.clock = clock
+        self.next_register = 0.0
+        self.next_beat: float | None = None
+        self._failing = False
+
+    def run(self) -> None:
+        while not self.clock.stopped:
+            wait = self.step()
+            if self.registrar.registered.is_set():
+                # Sleep until the next beat, but wake at once when a 404 elsewhere (or
+                # shutdown) sets ``needed``.
+                self.registrar.needed.wait(wait)
+            else:
+                self.clock.wait(wait)
+
+    def step(self) -> float:
+        """Do what is due; return the seconds until the next thing is."""
+        now = self.clock.monotonic()
+        if not self.registrar.registered.is_set():
+            if now < self.next_register:
+                return min(self.next_register - now, 0.5)
+            result = self.registrar.register(self.transport)
+            if isinstance(result, Reply) and 200 <= result.status < 300:
+                self.retry.reset()
+                self.next_beat = self.clock.monotonic() + self.interval
+                return 0.0
+            reason = result if isinstance(result, str) else f"server answered {result.status}"
+            retry_after = result.retry_after if isinstance(result, Reply) else None
+            delay = self.retry.next_delay(retry_after)
+            self.next_register = now + delay
+            log.warning("register_failed", reason=reason, retry_in_s=round(delay, 2))
+            return delay
+        if self.next_beat is None:
+            self.next_beat = now + self.interval
+        if now >= self.next_beat:
+            self.beat()
+            # Keep the cadence; after a long stall, start again from now.
+            self.next_beat += self.interval
+            if self.next_beat <= now:
+                self.next_beat = now + self.interval
+        return max(0.0, self.next_beat - self.clock.monotonic())
+
+    def beat(self) -> None:
+        payload = {
+            "agent_id": self.registrar.info.agent_id,
+            "timestamp": rfc3339_ms(self.clock.wall()),
+            "status": "online",
+            "agent_version": self.registrar.info.agent_version,
+            "buffer": self.buffer_figures(),
+        }
+        try:
+            reply = self.transport.post_json("/api/agent/heartbeat", payload)
+        except TransientSendError as exc:
+            self._fail(str(exc))
+            return
+        if reply.status == 404:
+            self.registrar.invalidate()
+            self.next_register = 0.0
+        elif 200 <= reply.status < 300:
+            if self._failing:
+                log.info("heartbeat_ok_again")
+            self._failing = False
+        else:
+            self._fail(f"server answered {reply.status}")
+
+    def _fail(self, reason: str) -> None:
+        if not self._failing:
+            log.warning("heartbeat_failed", reason=reason)
+        self._failing = True

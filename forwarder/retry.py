@@ -1,0 +1,63 @@
+"""Backoff: exponential, capped at retry_interval, full jitter applied after the cap."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Generator
+
+import backoff
+
+RETRY_AFTER_MAX = 3600.0
+
+
+class RetryPolicy:
+    """Delays for consecutive failures; ``reset`` after a success."""
+
+    def __init__(
+        self,
+        cap: float,
+        *,
+        jitter: Callable[[float], float] = backoff.full_jitter,
+        base: float = 2.0,
+        factor: float = 1.0,
+    ) -> None:
+        self.cap = cap
+        self.jitter = jitter
+        self.base = base
+        self.factor = factor
+        self.failures = 0
+        self._gen: Generator[float, None, None] | None = None
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        """The wait before the next attempt; a Retry-After wins, even beyond the cap."""
+        self.failures += 1
+        if self._gen is None:
+            self._gen = backoff.expo(base=self.base, factor=self.factor, max_value=self.cap)
+            next(self._gen)  # backoff's generators are primed with a first send(None)
+        capped = float(next(self._gen))
+        if retry_after is not None:
+            return min(RETRY_AFTER_MAX, max(0.0, retry_after))
+        return max(0.0, float(self.jitter(capped)))
+
+    def reset(self) -> None:
+        self.failures = 0
+        self._gen = None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

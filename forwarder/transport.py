@@ -1,0 +1,143 @@
+"""HTTP to the ILA-SOC server: one POST, no redirects, the key only in X-API-Key."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+
+from forwarder.retry import parse_retry_after
+from ila_agent.errors import TransientSendError
+from ila_agent.version import __version__
+
+log = structlog.get_logger("forwarder")
+
+USER_AGENT = f"ila-soc-agent/{__version__}"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    retry_after: float | None
+    ms: int
+    location: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportSettings:
+    server_url: str
+    api_key: str
+    connect_timeout: float = 10.0
+    request_timeout: float = 60.0
+    tls_ca_file: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    compression: str | None = None
+
+    def __repr__(self) -> str:  # the key stays out of every repr
+        return f"TransportSettings(server_url={self.server_url!r})"
+
+
+class Transport:
+    """POSTs JSON to the server over a given requests.Session (tests mount adapters on it)."""
+
+    def __init__(self, settings: TransportSettings, session: requests.Session | None = None):
+        self.settings = settings
+        self.session = session or requests.Session()
+        self.session.trust_env = False  # no proxy/netrc surprises: the key goes to server_url only
+        self.session.max_redirects = 0
+        self.session.verify = settings.tls_ca_file or True
+        if settings.tls_client_cert:
+            self.session.cert = (
+                (settings.tls_client_cert, settings.tls_client_key)
+                if settings.tls_client_key
+                else settings.tls_client_cert
+            )
+        self._base = settings.server_url.rstrip("/")
+
+    def post_json(self, path: str, payload: dict[str, Any]) -> Reply:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return self.post(path, body)
+
+    def post(self, path: str, body: bytes, idempotency_key: str | None = None) -> Reply:
+        """Send ``body``; raises TransientSendError when no HTTP answer came back."""
+        headers = {
+            "Content-Type": "application/json",
+            "X-API-Key": self.settings.api_key,
+            "User-Agent": USER_AGENT,
+        }
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        if self.settings.compression == "gzip":
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        started = time.monotonic()
+        try:
+            resp = self.session.post(
+                self._base + path,
+                data=body,
+                headers=headers,
+                timeout=(self.settings.connect_timeout, self.settings.request_timeout),
+                allow_redirects=False,
+            )
+        except requests.exceptions.RequestException as exc:
+            raise TransientSendError(_describe(exc)) from exc
+        try:
+            resp.content  # noqa: B018 - read the body so the connection can be reused
+        except requests.exceptions.RequestException as exc:
+            raise TransientSendError(_describe(exc)) from exc
+        finally:
+            resp.close()
+        return Reply(
+            status=resp.status_code,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+            ms=int((time.monotonic() - started) * 1000),
+            location=resp.headers.get("Location"),
+        )
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _describe(exc: requests.exceptions.RequestException) -> str:
+    """A short, key-free reason for a failed request."""
+    kinds = (
+        (requests.exceptions.SSLError, "TLS failure"),
+        (requests.exceptions.ConnectTimeout, "connect timeout"),
+        (requests.exceptions.ReadTimeout, "read timeout"),
+        (requests.exceptions.ConnectionError, "connection failed"),
+    )
+    for kind, text in kinds:
+        if isinstance(exc, kind):
+            detail = str(exc.args[0]) if exc.args else ""
+            return f"{text}: {_short(detail)}"
+    return f"{type(exc).__name__}: {_short(str(exc))}"
+
+
+def _short(text: str) -> str:
+    # urllib3 reasons are long; the tail usually names the cause (refused, DNS, reset).
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "Connection reset",
+        "timed out",
+        "CERTIFICATE_VERIFY_FAILED",
+        "Temporary failure in name",
+    ):
+        if marker in text:
+            return marker
+    return text[:160]
+
+
+def warn_plain_http(server_url: str) -> None:
+    """Plain http:// to a host other than loopback exposes the key on the wire."""
+    parts = urlsplit(server_url)
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK:
+        log.warning("plain_http_to_remote_host", host=parts.hostname, hint="use https://")

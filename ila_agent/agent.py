@@ -1,0 +1,233 @@
+"""Wiring: config → store → collector thread, forwarder thread, heartbeat thread; shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import socket
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from collector.collector import Collector
+from forwarder.heartbeat import Heartbeat
+from forwarder.loop import Forwarder
+from forwarder.registrar import AgentInfo, Registrar
+from forwarder.retry import RetryPolicy
+from forwarder.transport import Transport, TransportSettings, warn_plain_http
+from ila_agent.clock import Clock
+from ila_agent.config import AgentConfig
+from ila_agent.version import __version__
+from queue_store.store import QueueStore
+
+log = structlog.get_logger("agent")
+
+SHUTDOWN_GRACE = 5.0  # seconds the batch in flight may take to settle at shutdown
+CLEANUP_INTERVAL = 60.0
+
+
+def agent_id_path(cfg: AgentConfig) -> str:
+    return cfg.buffer_db + ".agent-id"
+
+
+def resolve_agent_id(cfg: AgentConfig) -> str:
+    """The configured id, else the one generated at the first start (kept beside the buffer)."""
+    if cfg.agent_id:
+        return cfg.agent_id
+    path = Path(agent_id_path(cfg))
+    with contextlib.suppress(FileNotFoundError):
+        saved = path.read_text(encoding="utf-8").strip()
+        if saved:
+            return saved
+    new = str(uuid.uuid4())
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(new + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return new
+
+
+def open_store(cfg: AgentConfig) -> QueueStore:
+    return QueueStore(
+        cfg.buffer_db,
+        max_bytes=cfg.buffer_max_bytes,
+        full_policy=cfg.buffer_full_policy,
+        acked_retention_s=cfg.acked_retention_hours * 3600.0,
+    )
+
+
+def transport_for(cfg: AgentConfig, server_url: str | None = None) -> Transport:
+    assert cfg.api_key is not None
+    return Transport(
+        TransportSettings(
+            server_url=server_url or cfg.server_url or "",
+            api_key=cfg.api_key,
+            connect_timeout=cfg.connect_timeout,
+            request_timeout=cfg.request_timeout,
+            tls_ca_file=cfg.tls_ca_file,
+            tls_client_cert=cfg.tls_client_cert,
+            tls_client_key=cfg.tls_client_key,
+            compression=cfg.compression,
+        )
+    )
+
+
+def agent_info(cfg: AgentConfig, agent_id: str) -> AgentInfo:
+    return AgentInfo(
+        agent_id=agent_id,
+        hostname=cfg.hostname or socket.gethostname(),
+        os_type=platform.system(),
+        os_version=platform.release(),
+        agent_version=__version__,
+        sources=tuple(
+            getattr(s, "pattern", None) or getattr(s, "name", "journald") for s in cfg.sources
+        ),
+    )
+
+
+class Agent:
+    """The running agent; ``run`` returns the exit code."""
+
+    def __init__(self, cfg: AgentConfig, stop: threading.Event | None = None) -> None:
+        self.cfg = cfg
+        self.stop_event = stop or threading.Event()
+        self.clock = Clock(self.stop_event)
+        self.threads: list[threading.Thread] = []
+        self.crashed = False
+
+    def run(self) -> int:
+        cfg = self.cfg
+        store = open_store(cfg)
+        try:
+            return self._run(store)
+        finally:
+            store.close()
+
+    def _run(self, store: QueueStore) -> int:
+        cfg = self.cfg
+        agent_id = resolve_agent_id(cfg)
+        info = agent_info(cfg, agent_id)
+        migrated = store.migrate_legacy()
+        if migrated:
+            log.info("legacy_buffer_imported", lines=migrated)
+        log.info(
+            "agent_starting",
+            version=__version__,
+            agent_id=agent_id,
+            mode="collect-only" if cfg.collect_only else "forwarding",
+            server=cfg.server_url,
+            buffer=cfg.buffer_db,
+        )
+        if cfg.collect_only:
+            log.warning("collect_only_mode", reason="no server_url: lines are buffered, not sent")
+        if cfg.ignored_sources:
+            log.info("sources_ignored_on_this_platform", sources=list(cfg.ignored_sources))
+        for s in cfg.sources:
+            if not hasattr(s, "pattern"):
+                log.warning("source_not_supported_yet", source=repr(s))
+        if cfg.unknown_keys:
+            log.warning("config_unknown_keys", keys=list(cfg.unknown_keys))
+        quarantined = store.get_meta("quarantined")
+        if store.quarantined_to:
+            log.error("buffer_was_corrupt", moved_to=store.quarantined_to)
+
+        first_start = store.get_meta("started_before") is None
+        collector = Collector(
+            store,
+            cfg.file_sources,
+            batch_size=cfg.batch_size,
+            max_line_bytes=cfg.max_line_bytes,
+            partial_line_timeout=cfg.partial_line_timeout,
+            start_position=cfg.start_position,
+            poll_interval=cfg.poll_interval,
+            clock=self.clock,
+            first_start=first_start,
+        )
+        collector.start_up()
+        store.set_meta("started_before", "1")
+        self._spawn("collector", collector.run)
+
+        forwarder: Forwarder | None = None
+        registrar: Registrar | None = None
+        if not cfg.collect_only:
+            warn_plain_http(cfg.server_url or "")
+            registrar = Registrar(info)
+            hb = Heartbeat(
+                transport_for(cfg),
+                registrar,
+                interval=cfg.heartbeat_interval,
+                buffer_figures=lambda: self._figures(store, quarantined),
+                retry=RetryPolicy(cfg.retry_interval),
+                clock=self.clock,
+            )
+            forwarder = Forwarder(
+                store,
+                transport_for(cfg),
+                registrar,
+                hostname=info.hostname,
+                batch_size=cfg.batch_size,
+                batch_interval=cfg.batch_interval,
+                retry=RetryPolicy(cfg.retry_interval),
+                clock=self.clock,
+                wake=store.commit_event,
+            )
+            self._spawn("heartbeat", hb.run)
+            self._spawn("forwarder", forwarder.run)
+        log.info("agent_started", sources=len(collector.active))
+
+        while not self.stop_event.wait(CLEANUP_INTERVAL):
+            try:
+                store.cleanup()
+            except Exception as exc:  # housekeeping must never stop the agent
+                log.error("cleanup_failed", error=str(exc))
+        log.info("agent_stopping")
+        collector.stop()
+        store.commit_event.set()
+        if registrar is not None:
+            registrar.needed.set()
+        for t in self.threads:
+            t.join(SHUTDOWN_GRACE if t.name == "forwarder" else 3.0)
+        if forwarder is not None:
+            fwd = next(t for t in self.threads if t.name == "forwarder")
+            if not fwd.is_alive():
+                forwarder.abandon()
+            else:
+                log.warning("batch_abandoned_at_shutdown", note="resent after restart")
+        log.info("agent_stopped")
+        return 1 if self.crashed else 0
+
+    def _figures(self, store: QueueStore, quarantined: str | None) -> dict[str, Any]:
+        figures = store.stats().heartbeat_json()
+        if quarantined:
+            figures["quarantined"] = quarantined
+        return figures
+
+    def _spawn(self, name: str, target: Any) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except Exception:
+                # A dead thread would silently stop collection or sending: stop loudly instead.
+                log.exception("thread_crashed", thread=name)
+                self.crashed = True
+                self.stop_event.set()
+
+        t = threading.Thread(target=guarded, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    signal.signal(signal.SIGTERM, agent.request_stop)
+    signal.signal(signal.SIGINT, agent.request_stop)

@@ -1,0 +1,444 @@
+"""Configuration: config.json → a frozen AgentConfig, validated key by key.
+
+A config written for the first agent loads unchanged. Relative paths resolve against the
+directory of the config file. Every invalid value raises ConfigError naming the file and key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ila_agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "config.json"
+API_KEY_ENV = "ILA_AGENT_API_KEY"
+
+DEFAULT_HEARTBEAT_INTERVAL = 60.0
+DEFAULT_BATCH_INTERVAL = 5.0
+DEFAULT_BATCH_SIZE = 50
+DEFAULT_START_POSITION = "end"
+DEFAULT_BUFFER_DB = "log_buffer.db"
+DEFAULT_AGENT_LOG_FILE = "agent.log"
+DEFAULT_RETRY_INTERVAL = 30.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_REQUEST_TIMEOUT = 60.0
+DEFAULT_MAX_LINE_BYTES = 262_144
+DEFAULT_PARTIAL_LINE_TIMEOUT = 5.0
+DEFAULT_BUFFER_MAX_BYTES = 1_073_741_824
+DEFAULT_BUFFER_FULL_POLICY = "drop_oldest"
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_ACKED_RETENTION_HOURS = 24.0
+DEFAULT_LINUX_SOURCES = ("/var/log/syslog", "/var/log/auth.log", "/var/log/secure")
+DEFAULT_WINDOWS_CHANNELS = ("Security", "System", "Application")
+
+START_POSITIONS = ("end", "beginning")
+FULL_POLICIES = ("drop_oldest", "block")
+COMPRESSIONS = (None, "gzip")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileSource:
+    """A path or glob; ``name`` overrides the ``source`` sent (default: the file's path)."""
+
+    pattern: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventLogSource:
+    """A Windows Event Log channel."""
+
+    channel: str
+    query: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"Windows-{self.channel}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JournaldSource:
+    """The systemd journal, optionally filtered and read from a directory."""
+
+    matches: tuple[str, ...] = ()
+    directory: str | None = None
+
+
+Source = FileSource | EventLogSource | JournaldSource
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """The effective configuration. ``api_key`` is kept out of repr."""
+
+    config_path: str
+    server_url: str | None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_origin: str | None = None
+    agent_id: str | None = None
+    hostname: str | None = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    batch_interval: float = DEFAULT_BATCH_INTERVAL
+    batch_size: int = DEFAULT_BATCH_SIZE
+    sources: tuple[Source, ...] = ()
+    ignored_sources: tuple[str, ...] = ()
+    start_position: str = DEFAULT_START_POSITION
+    buffer_db: str = DEFAULT_BUFFER_DB
+    agent_log_file: str = DEFAULT_AGENT_LOG_FILE
+    retry_interval: float = DEFAULT_RETRY_INTERVAL
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    max_retries: int | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    partial_line_timeout: float = DEFAULT_PARTIAL_LINE_TIMEOUT
+    buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
+    buffer_full_policy: str = DEFAULT_BUFFER_FULL_POLICY
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    acked_retention_hours: float = DEFAULT_ACKED_RETENTION_HOURS
+    compression: str | None = None
+    tls_ca_file: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    log_level: str = "info"
+    unknown_keys: tuple[str, ...] = ()
+
+    @property
+    def collect_only(self) -> bool:
+        return self.server_url is None
+
+    @property
+    def file_sources(self) -> tuple[FileSource, ...]:
+        return tuple(s for s in self.sources if isinstance(s, FileSource))
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as JSON-ready data, the key replaced."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("unknown_keys", "ignored_sources", "api_key_origin"):
+                continue
+            value = getattr(self, f.name)
+            if f.name == "api_key":
+                value = None if value is None else "***redacted***"
+            elif f.name == "sources":
+                value = [_source_json(s) for s in value]
+            out[f.name] = value
+        out["api_key_from"] = self.api_key_origin
+        out["mode"] = "collect-only (no server_url)" if self.collect_only else "forwarding"
+        return out
+
+
+def _source_json(src: Source) -> dict[str, Any]:
+    if isinstance(src, FileSource):
+        return {"path": src.pattern, "source": src.name}
+    if isinstance(src, EventLogSource):
+        return {"type": "windows_eventlog", "channel": src.channel, "query": src.query}
+    return {"type": "journald", "matches": list(src.matches), "directory": src.directory}
+
+
+class _Reader:
+    """Pulls typed values out of the raw JSON object, naming the key on any error."""
+
+    def __init__(self, file: str, raw: dict[str, Any], base: Path) -> None:
+        self.file = file
+        self.raw = raw
+        self.base = base
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, key, problem)
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.raw.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number of seconds, got {_kind(value)}")
+        if value <= minimum:
+            raise self.error(key, f"must be greater than {minimum:g}, got {value}")
+        return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
+        value = self.raw.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"must be an integer, got {_kind(value)}")
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def string(self, key: str, default: str | None) -> str | None:
+        value = self.raw.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, got {_kind(value)}")
+        return value
+
+    def choice(self, key: str, default: Any, choices: tuple[Any, ...]) -> Any:
+        value = self.raw.get(key, default)
+        if value not in choices:
+            allowed = ", ".join(json.dumps(c) for c in choices)
+            raise self.error(key, f"must be one of {allowed}, got {json.dumps(value)}")
+        return value
+
+    def path(self, key: str, default: str | None) -> str | None:
+        value = self.string(key, default)
+        if value is None:
+            return None
+        if not value.strip():
+            raise self.error(key, "must not be empty")
+        return resolve(self.base, value)
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__) + f" ({json.dumps(value)[:40]})"
+
+
+def resolve(base: Path, value: str) -> str:
+    """A path from the config: ``~`` expanded, relative ones against the config's folder."""
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p))
+
+
+KNOWN_KEYS = frozenset(
+    {
+        "server_url", "api_key", "api_key_file", "agent_id", "hostname",
+        "heartbeat_interval", "batch_interval", "batch_size", "log_sources",
+        "start_position", "buffer_db", "agent_log_file", "retry_interval",
+        "connect_timeout", "request_timeout", "max_retries", "max_line_bytes",
+        "partial_line_timeout", "buffer_max_bytes", "buffer_full_policy", "poll_interval",
+        "acked_retention_hours", "compression", "tls_ca_file", "tls_client_cert",
+        "tls_client_key", "log_level",
+    }
+)  # fmt: skip
+
+
+def load_config(path: str | os.PathLike[str], *, platform: str | None = None) -> AgentConfig:
+    """Read and validate ``path``; raises ConfigError naming the file and the key."""
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, None, "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(file, None, "is a directory, not a config file") from None
+    except PermissionError:
+        raise ConfigError(file, None, "permission denied reading the file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, None, f"not UTF-8 text ({exc.reason})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            file, None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(file, None, f"must be a JSON object, got {_kind(raw)}")
+    base = Path(os.path.abspath(file)).parent
+    return parse_config(raw, file=os.path.abspath(file), base=base, platform=platform)
+
+
+def parse_config(
+    raw: dict[str, Any], *, file: str, base: Path, platform: str | None = None
+) -> AgentConfig:
+    """Validate an already-decoded config object."""
+    r = _Reader(file, raw, base)
+    server_url = _server_url(r)
+    api_key, origin = _api_key(r)
+    if server_url is not None and not api_key:
+        raise r.error(
+            "api_key", f"missing: set api_key, api_key_file or the environment {API_KEY_ENV}"
+        )
+    agent_id = r.string("agent_id", None)
+    if agent_id is not None and not agent_id.strip():
+        agent_id = None
+    sources, ignored = _sources(r, platform or sys.platform)
+    max_retries = raw.get("max_retries")
+    if max_retries is not None and (
+        isinstance(max_retries, bool) or not isinstance(max_retries, int)
+    ):
+        raise r.error("max_retries", f"must be an integer or null, got {_kind(max_retries)}")
+    tls = {k: r.path(k, None) for k in ("tls_ca_file", "tls_client_cert", "tls_client_key")}
+    if (tls["tls_client_key"] is not None) and tls["tls_client_cert"] is None:
+        raise r.error("tls_client_key", "needs tls_client_cert as well")
+    log_level = r.choice("log_level", "info", ("debug", "info", "warning", "error"))
+    return AgentConfig(
+        config_path=file,
+        server_url=server_url,
+        api_key=api_key,
+        api_key_origin=origin,
+        agent_id=agent_id,
+        hostname=r.string("hostname", None),
+        heartbeat_interval=r.number("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL),
+        batch_interval=r.number("batch_interval", DEFAULT_BATCH_INTERVAL),
+        batch_size=r.integer("batch_size", DEFAULT_BATCH_SIZE),
+        sources=sources,
+        ignored_sources=ignored,
+        start_position=r.choice("start_position", DEFAULT_START_POSITION, START_POSITIONS),
+        buffer_db=r.path("buffer_db", DEFAULT_BUFFER_DB) or DEFAULT_BUFFER_DB,
+        agent_log_file=r.path("agent_log_file", DEFAULT_AGENT_LOG_FILE) or DEFAULT_AGENT_LOG_FILE,
+        retry_interval=r.number("retry_interval", DEFAULT_RETRY_INTERVAL),
+        connect_timeout=r.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        request_timeout=r.number("request_timeout", DEFAULT_REQUEST_TIMEOUT),
+        max_retries=max_retries,
+        max_line_bytes=r.integer("max_line_bytes", DEFAULT_MAX_LINE_BYTES, minimum=64),
+        partial_line_timeout=r.number("partial_line_timeout", DEFAULT_PARTIAL_LINE_TIMEOUT),
+        buffer_max_bytes=r.integer("buffer_max_bytes", DEFAULT_BUFFER_MAX_BYTES, minimum=65536),
+        buffer_full_policy=r.choice(
+            "buffer_full_policy", DEFAULT_BUFFER_FULL_POLICY, FULL_POLICIES
+        ),
+        poll_interval=r.number("poll_interval", DEFAULT_POLL_INTERVAL),
+        acked_retention_hours=r.number(
+            "acked_retention_hours", DEFAULT_ACKED_RETENTION_HOURS, minimum=-1e-9
+        ),
+        compression=r.choice("compression", None, COMPRESSIONS),
+        log_level=log_level,
+        unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)),
+        **tls,
+    )
+
+
+def _server_url(r: _Reader) -> str | None:
+    url = r.string("server_url", None)
+    if url is None or not url.strip():
+        return None
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise r.error("server_url", f"must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise r.error("server_url", f"has no host name: {url!r}")
+    if parts.username or parts.password:
+        raise r.error("server_url", "must not carry credentials; use api_key")
+    if parts.query or parts.fragment:
+        raise r.error("server_url", "must be a base URL without ?query or #fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise r.error("server_url", f"has an invalid port: {url!r}") from None
+    return url.strip().rstrip("/")
+
+
+def _api_key(r: _Reader) -> tuple[str | None, str | None]:
+    """The key and where it came from: environment, then api_key_file, then api_key."""
+    env = os.environ.get(API_KEY_ENV, "").strip()
+    if env:
+        return env, f"environment {API_KEY_ENV}"
+    key_file = r.path("api_key_file", None)
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise r.error("api_key_file", f"cannot read {key_file}: {exc.strerror}") from None
+        if not key:
+            raise r.error("api_key_file", f"{key_file} is empty")
+        return key, f"file {key_file}"
+    key = r.string("api_key", None)
+    if key is not None and key.strip():
+        return key.strip(), "config api_key"
+    return None, None
+
+
+def _sources(r: _Reader, platform: str) -> tuple[tuple[Source, ...], tuple[str, ...]]:
+    """log_sources in either form → the sources for this platform, and those ignored."""
+    raw = r.raw.get("log_sources")
+    is_windows = platform.startswith("win")
+    ignored: list[str] = []
+    if raw is None:
+        raw = {"linux": list(DEFAULT_LINUX_SOURCES), "windows": list(DEFAULT_WINDOWS_CHANNELS)}
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"linux", "windows"}
+        if unknown:
+            raise r.error("log_sources", f"unknown platform keys {sorted(unknown)}")
+        items: list[Source] = []
+        for plat in ("linux", "windows"):
+            lst = raw.get(plat) or []
+            key = f"log_sources.{plat}"
+            if not isinstance(lst, list):
+                raise r.error(key, f"must be a list, got {_kind(lst)}")
+            mine = (plat == "windows") == is_windows
+            for i, item in enumerate(lst):
+                if plat == "windows" and isinstance(item, str):
+                    src: Source = EventLogSource(channel=item)
+                else:
+                    src = _source_item(r, f"{key}[{i}]", item)
+                if mine:
+                    items.append(src)
+                else:
+                    ignored.append(_describe(src))
+        return tuple(items), tuple(ignored)
+    if isinstance(raw, list):
+        items = []
+        for i, item in enumerate(raw):
+            src = _source_item(r, f"log_sources[{i}]", item)
+            if (isinstance(src, EventLogSource) and not is_windows) or (
+                isinstance(src, JournaldSource) and is_windows
+            ):
+                ignored.append(_describe(src))
+            else:
+                items.append(src)
+        return tuple(items), tuple(ignored)
+    raise r.error("log_sources", f"must be an object or a list, got {_kind(raw)}")
+
+
+def _describe(src: Source) -> str:
+    if isinstance(src, FileSource):
+        return src.pattern
+    if isinstance(src, EventLogSource):
+        return src.name
+    return "journald"
+
+
+def _source_item(r: _Reader, key: str, item: Any) -> Source:
+    if isinstance(item, str):
+        if not item.strip():
+            raise r.error(key, "must not be empty")
+        return FileSource(pattern=resolve(r.base, item))
+    if not isinstance(item, dict):
+        raise r.error(key, f"must be a path or an object, got {_kind(item)}")
+    kind = item.get("type", "file")
+    if kind == "file":
+        path = item.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise r.error(f"{key}.path", "must be a non-empty string")
+        name = item.get("source")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise r.error(f"{key}.source", "must be a non-empty string")
+        return FileSource(pattern=resolve(r.base, path), name=name)
+    if kind == "windows_eventlog":
+        channel = item.get("channel")
+        if not isinstance(channel, str) or not channel.strip():
+            raise r.error(f"{key}.channel", "must be a non-empty string")
+        query = item.get("query")
+        if query is not None and not isinstance(query, str):
+            raise r.error(f"{key}.query", "must be an XPath string")
+        return EventLogSource(channel=channel, query=query)
+    if kind == "journald":
+        matches = item.get("matches", [])
+        if not isinstance(matches, list) or not all(
+            isinstance(m, str) and "=" in m for m in matches
+        ):
+            raise r.error(f"{key}.matches", 'must be a list of "FIELD=value" strings')
+        directory = item.get("directory")
+        if directory is not None and not isinstance(directory, str):
+            raise r.error(f"{key}.directory", "must be a path or null")
+        return JournaldSource(
+            matches=tuple(matches),
+            directory=resolve(r.base, directory) if directory else None,
+        )
+    raise r.error(
+        f"{key}.type", f"unknown source type {json.dumps(kind)} (file, windows_eventlog, journald)"
+    )

@@ -1,0 +1,84 @@
+"""Leased entries and the verbs that settle them: ack, retry, split, dead_letter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from queue_store.records import Entry
+
+
+class _Finisher(Protocol):
+    def finish(self, lease: Lease) -> None: ...
+
+
+class Lease:
+    """Queue items in flight and the ledger of their entries: delivered, dead or outstanding.
+
+    The items are acked (in one transaction with the dead letters) only when every entry
+    has been settled; until then a crash leaves them unacked and they are sent again.
+    """
+
+    def __init__(self, store: _Finisher, item_ids: list[int], entries: list[Entry]) -> None:
+        self.store = store
+        self.item_ids = item_ids
+        self.entries = entries
+        self.outstanding = len(entries)
+        self.delivered = 0
+        self.dead: list[Entry] = []
+        self.finished = False
+
+    def settled(self, entries: Sequence[Entry], *, dead: bool) -> None:
+        self.outstanding -= len(entries)
+        if dead:
+            self.dead.extend(entries)
+        else:
+            self.delivered += len(entries)
+        if self.outstanding == 0 and not self.finished:
+            self.finished = True
+            self.store.finish(self)
+
+
+class BatchSettledTwice(RuntimeError):
+    """A batch was given a second verb: a bug in the caller."""
+
+
+@dataclass(eq=False)
+class Batch:
+    """Leased entries. Exactly one of ack / retry / split / dead_letter is called."""
+
+    lease: Lease
+    entries: Sequence[Entry]
+    attempt: int = 0
+    _verb: str | None = field(default=None, repr=False)
+
+    def _settle(self, verb: str) -> None:
+        if self._verb is not None:
+            raise BatchSettledTwice(f"batch already settled by {self._verb}, then {verb}")
+        self._verb = verb
+
+    def ack(self) -> None:
+        """The server accepted every entry."""
+        self._settle("ack")
+        self.lease.settled(self.entries, dead=False)
+
+    def retry(self) -> Batch:
+        """Send the same entries again later; returns the batch to send."""
+        self._settle("retry")
+        return Batch(self.lease, self.entries, self.attempt + 1)
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Halves, in order, to isolate what the server rejects."""
+        if len(self.entries) < 2:
+            raise ValueError("a batch of one entry cannot be split")
+        self._settle("split")
+        mid = len(self.entries) // 2
+        return Batch(self.lease, self.entries[:mid]), Batch(self.lease, self.entries[mid:])
+
+    def dead_letter(self) -> None:
+        """Rejected on its own: kept in the buffer's dead-letter set."""
+        if len(self.entries) != 1:
+            raise ValueError("only a single rejected entry is dead-lettered")
+        self._settle("dead_letter")
+        self.lease.settled(self.entries, dead=True)

@@ -1,0 +1,101 @@
+"""Value types that flow through the buffer: what is committed and what is leased."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.identity import FileId
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where reading of one file generation stands: raw bytes consumed and committed."""
+
+    file_id: FileId
+    generation: int
+    offset: int
+    path: str
+    source: str
+
+    @property
+    def key(self) -> str:
+        return self.file_id.key(self.generation)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Up to batch_size lines of one file generation, committed as one queue item."""
+
+    source: str
+    path: str
+    file_key: str
+    read_at: float
+    lines: Sequence[str]
+    offsets: Sequence[int]
+    extras: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    n_bytes: int = 0
+
+    def to_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "v": FORMAT_VERSION,
+            "src": self.source,
+            "path": self.path,
+            "fid": self.file_key,
+            "ts": self.read_at,
+            "lines": list(self.lines),
+            "offs": list(self.offsets),
+        }
+        if self.extras:
+            item["x"] = {str(i): dict(x) for i, x in self.extras.items()}
+        return item
+
+
+def event_uid(file_key: str, offset: int) -> str:
+    """Deterministic id of the line starting at ``offset`` of the file generation."""
+    return hashlib.sha256(f"{file_key}@{offset}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One log entry leased for sending; ``item_id`` is the queue item it belongs to."""
+
+    item_id: int
+    log_text: str
+    source: str
+    timestamp: str
+    event_uid: str
+    hostname: str | None = None
+    extra: Mapping[str, Any] | None = None
+
+    def to_wire(self, default_hostname: str) -> dict[str, Any]:
+        """The entry as the protocol's ``logs[]`` object."""
+        out: dict[str, Any] = {
+            "log_text": self.log_text,
+            "source": self.source,
+            "timestamp": self.timestamp,
+            "hostname": self.hostname or default_hostname,
+            "event_uid": self.event_uid,
+        }
+        if self.extra:
+            out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_wire(cls, item_id: int, d: Mapping[str, Any]) -> Entry:
+        """Back from the protocol form (dead letters, imported bundles)."""
+        core = {"log_text", "source", "timestamp", "hostname", "event_uid"}
+        extra = {k: v for k, v in d.items() if k not in core}
+        return cls(
+            item_id=item_id,
+            log_text=str(d.get("log_text", "")),
+            source=str(d.get("source", "")),
+            timestamp=str(d.get("timestamp", "")),
+            event_uid=str(d.get("event_uid", "")),
+            hostname=d.get("hostname"),
+            extra=extra or None,
+        )

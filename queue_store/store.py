@@ -1,0 +1,595 @@
+"""The on-disk queue: persist-queue's SQLiteAckQueue (JSON serializer), one item per chunk.
+
+Durable boundary: ``commit`` writes a chunk's items and the file's read position in one
+SQLite transaction, so after a crash the position never points past, nor before, what the
+queue holds. Item states are persist-queue's: ready → unack (leased) → acked, or ack_failed,
+which this agent uses as the dead-letter state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from persistqueue import SQLiteAckQueue
+from persistqueue.serializers import json as json_serializer
+from persistqueue.sqlackqueue import AckStatus
+
+from collector.identity import FileId
+from ila_agent.errors import BufferFull, BufferLocked, QueueCorrupt
+from queue_store.batch import Lease
+from queue_store.records import Checkpoint, Chunk, Entry, event_uid
+
+log = structlog.get_logger("queue_store")
+
+READY = int(AckStatus.ready)
+UNACK = int(AckStatus.unack)
+ACKED = int(AckStatus.acked)
+DEAD = int(AckStatus.ack_failed)
+QUEUE_NAME = "lines"
+TABLE = f"ack_queue_{QUEUE_NAME}"
+POLICIES = ("drop_oldest", "block")
+
+
+class _ChunkQueue(SQLiteAckQueue):
+    """SQLiteAckQueue with per-item line/byte counts, so depth is one SUM, not a scan."""
+
+    _SQL_CREATE = (
+        "CREATE TABLE IF NOT EXISTS {table_name} ("
+        "{key_column} INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "data BLOB, timestamp FLOAT, status INTEGER, "
+        "n_lines INTEGER NOT NULL DEFAULT 1, n_bytes INTEGER NOT NULL DEFAULT 0, "
+        "source TEXT, acked_at FLOAT)"
+    )
+
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS checkpoints (
+    key TEXT PRIMARY KEY, path TEXT NOT NULL, source TEXT NOT NULL,
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, fp_len INTEGER NOT NULL, fp TEXT NOT NULL,
+    generation INTEGER NOT NULL, offset INTEGER NOT NULL, updated_at FLOAT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE INDEX IF NOT EXISTS idx_{TABLE}_status ON {TABLE} (status, _id);
+"""
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """The buffer's figures, for heartbeat and status."""
+
+    pending: int
+    pending_bytes: int
+    oldest_pending_age_s: float | None
+    dead_letter: int
+    dropped: int
+    acked_kept: int
+    last_send_ok_at: str | None
+    last_error: str | None
+    quarantined: str | None
+
+    def heartbeat_json(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "dead_letter": self.dead_letter,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }
+
+
+class QueueStore:
+    """The buffer file: items, read positions and counters, owned by one process."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_bytes: int = 1 << 30,
+        full_policy: str = "drop_oldest",
+        acked_retention_s: float = 0.0,
+        lock: bool = True,
+    ) -> None:
+        if full_policy not in POLICIES:
+            raise ValueError(f"full_policy must be one of {POLICIES}")
+        self.path = os.path.abspath(path)
+        self.max_bytes = max_bytes
+        self.full_policy = full_policy
+        self.acked_retention_s = acked_retention_s
+        self._lock_fd = _take_lock(self.path + ".lock") if lock else None
+        self.quarantined_to: str | None = None
+        try:
+            self._q = self._open_checked()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._db = self._q._putter
+        self._tx = self._q.tran_lock
+        self._room = threading.Condition()
+        self._closed = False
+        self.commit_event = self._q.put_event  # set at every commit: wakes the forwarder
+        with self._tx, self._db:
+            self._db.executescript(_SCHEMA)
+        if self.quarantined_to:
+            self.set_meta("quarantined", f"{self.quarantined_to} at {_now_iso()}")
+        self._total_bytes = self._sum_bytes()
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _open_checked(self) -> _ChunkQueue:
+        """Open the queue; a corrupt file is moved aside and replaced by a fresh one."""
+        folder, name = os.path.split(self.path)
+        os.makedirs(folder or ".", exist_ok=True)
+        problem = _integrity_problem(self.path)
+        if problem is not None:
+            self.quarantined_to = _quarantine(self.path)
+            log.error(
+                "buffer_corrupt_quarantined",
+                path=self.path,
+                moved_to=self.quarantined_to,
+                problem=problem,
+            )
+        try:
+            q = _ChunkQueue(
+                folder or ".",
+                name=QUEUE_NAME,
+                multithreading=True,
+                auto_commit=True,
+                serializer=json_serializer,
+                db_file_name=name,
+                auto_resume=True,
+                timeout=30.0,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise QueueCorrupt(f"{self.path}: {exc}") from exc
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
+        return q
+
+    # -- the durable boundary -------------------------------------------------------------
+
+    def commit(self, chunks: Sequence[Chunk], checkpoint: Checkpoint | None) -> None:
+        """Commit lines and the position after them in one transaction (durable)."""
+        if not chunks and checkpoint is None:
+            return
+        dumps = json_serializer.dumps
+        now = time.time()
+        rows = [(dumps(c.to_item()), now, READY, len(c.lines), c.n_bytes, c.source) for c in chunks]
+        new_bytes = sum(c.n_bytes for c in chunks)
+        with self._tx:
+            if self._total_bytes + new_bytes > self.max_bytes and new_bytes:
+                self._make_room(new_bytes)
+            with self._db:
+                if rows:
+                    self._db.executemany(
+                        f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                if checkpoint is not None:
+                    self._save_checkpoint(checkpoint, now)
+            self._total_bytes += new_bytes
+        if rows:
+            self._q.put_event.set()
+
+    def _make_room(self, need: int) -> None:
+        """Under the budget: forget old acked history first, then apply the policy."""
+        with self._db:
+            self._delete_acked(keep_bytes=max(0, self.max_bytes - need - self._pending_bytes()))
+        self._total_bytes = self._sum_bytes()
+        if self._total_bytes + need <= self.max_bytes:
+            return
+        if self.full_policy == "block":
+            raise BufferFull(f"buffer at {self._total_bytes} of {self.max_bytes} bytes")
+        dropped_lines = 0
+        dropped_items = 0
+        with self._db:
+            while self._total_bytes + need > self.max_bytes:
+                row = self._db.execute(
+                    f"SELECT _id, n_lines, n_bytes FROM {TABLE} WHERE status < ?"
+                    " ORDER BY _id LIMIT 1",
+                    (UNACK,),
+                ).fetchone()
+                if row is None:
+                    break  # everything left is leased: go over budget rather than lose more
+                self._db.execute(f"DELETE FROM {TABLE} WHERE _id = ?", (row[0],))
+                dropped_lines += row[1]
+                dropped_items += 1
+                self._total_bytes -= row[2]
+            if dropped_lines:
+                self._bump_meta("dropped", dropped_lines)
+        if dropped_lines:
+            self._q.total = max(0, self._q.total - dropped_items)
+            log.warning("buffer_full_dropped", lines=dropped_lines, budget=self.max_bytes)
+
+    def wait_for_room(self, timeout: float) -> None:
+        """Block (policy ``block``) until an ack may have made room, or ``timeout``."""
+        with self._room:
+            self._room.wait(timeout)
+
+    # -- positions ------------------------------------------------------------------------
+
+    def _save_checkpoint(self, cp: Checkpoint, now: float) -> None:
+        fid = cp.file_id
+        self._db.execute(
+            "INSERT INTO checkpoints (key, path, source, dev, ino, fp_len, fp, generation,"
+            " offset, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(key) DO UPDATE SET path=excluded.path, source=excluded.source,"
+            " offset=excluded.offset, updated_at=excluded.updated_at",
+            (cp.key, cp.path, cp.source, fid.dev, fid.ino, fid.fp_len, fid.fp,
+             cp.generation, cp.offset, now),
+        )  # fmt: skip
+
+    def save_checkpoint(self, cp: Checkpoint) -> None:
+        """Record a position with no new lines (a file seen for the first time)."""
+        self.commit((), cp)
+
+    def forget_checkpoint(self, key: str) -> None:
+        """A file generation that was read to its end and let go."""
+        with self._tx, self._db:
+            self._db.execute("DELETE FROM checkpoints WHERE key = ?", (key,))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every saved position, newest first."""
+        with self._tx:
+            rows = self._db.execute(
+                "SELECT path, source, dev, ino, fp_len, fp, generation, offset FROM checkpoints"
+                " ORDER BY updated_at DESC"
+            ).fetchall()
+        return [Checkpoint(FileId(r[2], r[3], r[4], r[5]), r[6], r[7], r[0], r[1]) for r in rows]
+
+    # -- leasing --------------------------------------------------------------------------
+
+    def ready_head(self, max_lines: int) -> tuple[int, float | None]:
+        """(lines ready in the first ``max_lines`` worth of items, commit time of the oldest)."""
+        with self._tx:
+            rows = self._db.execute(
+                f"SELECT n_lines, timestamp FROM {TABLE} WHERE status < ? ORDER BY _id LIMIT ?",
+                (UNACK, max_lines),
+            ).fetchall()
+        if not rows:
+            return 0, None
+        total = 0
+        for n, _ in rows:
+            if total + n > max_lines and total:
+                break
+            total += n
+        return total, rows[0][1]
+
+    def lease(self, max_lines: int, *, dead: bool = False) -> Lease | None:
+        """Mark the oldest items (up to ``max_lines`` lines) in flight and decode them."""
+        want = DEAD if dead else UNACK
+        with self._tx:
+            rows = self._db.execute(
+                f"SELECT _id, data, n_lines FROM {TABLE} WHERE status {'=' if dead else '<'} ?"
+                " ORDER BY _id LIMIT ?",
+                (want, max_lines),
+            ).fetchall()
+            picked: list[tuple[int, bytes]] = []
+            total = 0
+            for rid, data, n in rows:
+                if total + n > max_lines and picked:
+                    break
+                picked.append((rid, data))
+                total += n
+            if not picked:
+                return None
+            ids = [rid for rid, _ in picked]
+            with self._db:
+                self._db.executemany(
+                    f"UPDATE {TABLE} SET status = ? WHERE _id = ?", [(UNACK, i) for i in ids]
+                )
+            self._q.total = max(0, self._q.total - len(ids))
+        entries: list[Entry] = []
+        bad: list[int] = []
+        for rid, data in picked:
+            try:
+                entries.extend(decode_item(rid, data))
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                log.error("item_undecodable", item=rid, error=str(exc)[:200])
+                bad.append(rid)
+        if bad:
+            self._set_status(bad, DEAD)
+        good = [i for i in ids if i not in set(bad)]
+        if not good:
+            return None
+        return Lease(self, good, entries)
+
+    def finish(self, lease: Lease) -> None:
+        """Settle a lease: its items acked, its rejected entries kept as dead letters."""
+        now = time.time()
+        dumps = json_serializer.dumps
+        dead_rows = [
+            (dumps({"v": 1, "entries": [e.to_wire("")]}), now, DEAD, 1, len(e.log_text), e.source)
+            for e in lease.dead
+        ]
+        with self._tx:
+            if self._closed:
+                return  # shutting down: left unacked, resent after restart (at-least-once)
+            with self._db:
+                self._db.executemany(
+                    f"UPDATE {TABLE} SET status = ?, acked_at = ? WHERE _id = ?",
+                    [(ACKED, now, i) for i in lease.item_ids],
+                )
+                if dead_rows:
+                    self._db.executemany(
+                        f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        dead_rows,
+                    )
+                if lease.delivered:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_send_ok_at', ?)",
+                        (_now_iso(),),
+                    )
+        with self._room:
+            self._room.notify_all()
+
+    def release(self, lease: Lease) -> None:
+        """Put leased items back to ready (shutdown, or a lease given up)."""
+        self._set_status(lease.item_ids, READY)
+
+    def _set_status(self, ids: Sequence[int], status: int) -> None:
+        with self._tx:
+            if self._closed:
+                return
+            with self._db:
+                self._db.executemany(
+                    f"UPDATE {TABLE} SET status = ? WHERE _id = ?", [(status, i) for i in ids]
+                )
+
+    def requeue_dead(self) -> int:
+        """Dead letters back to ready (replay --dead-letter); returns the lines moved."""
+        with self._tx, self._db:
+            n = self._db.execute(
+                f"SELECT COALESCE(SUM(n_lines),0) FROM {TABLE} WHERE status = ?", (DEAD,)
+            ).fetchone()[0]
+            self._db.execute(f"UPDATE {TABLE} SET status = ? WHERE status = ?", (READY, DEAD))
+        return int(n)
+
+    def migrate_legacy(self) -> int:
+        """Lines the first agent left in its ``log_buffer`` table become queue items."""
+        with self._tx:
+            exists = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='log_buffer'"
+            ).fetchone()
+            if not exists:
+                return 0
+            rows = self._db.execute(
+                "SELECT id, log_text, source, timestamp FROM log_buffer ORDER BY id"
+            ).fetchall()
+            if not rows:
+                return 0
+            now = time.time()
+            dumps = json_serializer.dumps
+            items = []
+            for start in range(0, len(rows), 500):
+                part = rows[start : start + 500]
+                entries = [
+                    {
+                        "log_text": text,
+                        "source": src,
+                        "timestamp": ts,
+                        "event_uid": event_uid(f"legacy:{self.path}", rid),
+                    }
+                    for rid, text, src, ts in part
+                ]
+                nbytes = sum(len(e["log_text"]) for e in entries)
+                items.append((dumps({"v": 1, "entries": entries}), now, READY, len(part), nbytes))
+            with self._db:
+                self._db.executemany(
+                    f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    items,
+                )
+                self._db.execute("DELETE FROM log_buffer")
+            self._total_bytes = self._sum_bytes()
+        return len(rows)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Forget acked items older than the retention window; re-sync the byte count."""
+        with self._tx:
+            with self._db:
+                self._db.execute(
+                    f"DELETE FROM {TABLE} WHERE status = ? AND acked_at < ?",
+                    (ACKED, time.time() - self.acked_retention_s),
+                )
+            self._total_bytes = self._sum_bytes()
+
+    def _delete_acked(self, keep_bytes: int) -> None:
+        """Oldest acked history goes first when the budget is tight."""
+        rows = self._db.execute(
+            f"SELECT _id, n_bytes FROM {TABLE} WHERE status = ? ORDER BY _id DESC", (ACKED,)
+        ).fetchall()
+        kept = 0
+        doomed = []
+        for rid, nb in rows:
+            kept += nb
+            if kept > keep_bytes:
+                doomed.append((rid,))
+        self._db.executemany(f"DELETE FROM {TABLE} WHERE _id = ?", doomed)
+
+    def _sum_bytes(self) -> int:
+        return int(self._db.execute(f"SELECT COALESCE(SUM(n_bytes),0) FROM {TABLE}").fetchone()[0])
+
+    def _pending_bytes(self) -> int:
+        return int(
+            self._db.execute(
+                f"SELECT COALESCE(SUM(n_bytes),0) FROM {TABLE} WHERE status <> ?", (ACKED,)
+            ).fetchone()[0]
+        )
+
+    # -- counters -------------------------------------------------------------------------
+
+    def _bump_meta(self, key: str, by: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET"
+            " value = CAST(CAST(value AS INTEGER) + ? AS TEXT)",
+            (key, str(by), by),
+        )
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._tx:
+            if self._closed:
+                return
+            with self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+                )
+
+    def get_meta(self, key: str) -> str | None:
+        with self._tx:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def stats(self) -> BufferStats:
+        with self._tx:
+            return read_stats(self._db)
+
+    def close(self) -> None:
+        """Release the file; closing twice is fine. Later acks become no-ops."""
+        with self._tx:
+            if self._closed:
+                return
+            self._closed = True
+            # Leased items go back to ready, so status shows them pending.
+            with self._db:
+                self._db.execute(f"UPDATE {TABLE} SET status = ? WHERE status = ?", (READY, UNACK))
+            self._q.close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def decode_item(item_id: int, data: bytes) -> Iterator[Entry]:
+    """Entries of one queue item (a collector chunk, or explicit protocol entries)."""
+    item = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    if "entries" in item:
+        for d in item["entries"]:
+            yield Entry.from_wire(item_id, d)
+        return
+    fid = item["fid"]
+    src = item["src"]
+    ts = _iso_ms(float(item["ts"]))
+    extras = item.get("x") or {}
+    for i, (text, off) in enumerate(zip(item["lines"], item["offs"], strict=True)):
+        yield Entry(item_id, text, src, ts, event_uid(fid, off), None, extras.get(str(i)))
+
+
+def read_stats(db: sqlite3.Connection, now: float | None = None) -> BufferStats:
+    """The buffer's figures from any connection (the agent's, or status's read-only one)."""
+    now = time.time() if now is None else now
+    pending, pbytes, oldest = db.execute(
+        f"SELECT COALESCE(SUM(n_lines),0), COALESCE(SUM(n_bytes),0), MIN(timestamp)"
+        f" FROM {TABLE} WHERE status IN (0, {READY}, {UNACK})"
+    ).fetchone()
+    dead, acked = db.execute(
+        f"SELECT COALESCE(SUM(CASE WHEN status={DEAD} THEN n_lines END),0),"
+        f" COALESCE(SUM(CASE WHEN status={ACKED} THEN n_lines END),0) FROM {TABLE}"
+    ).fetchone()
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    return BufferStats(
+        pending=int(pending),
+        pending_bytes=int(pbytes),
+        oldest_pending_age_s=None if oldest is None else round(max(0.0, now - oldest), 3),
+        dead_letter=int(dead),
+        dropped=int(meta.get("dropped") or 0),
+        acked_kept=int(acked),
+        last_send_ok_at=meta.get("last_send_ok_at"),
+        last_error=meta.get("last_error"),
+        quarantined=meta.get("quarantined"),
+    )
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection that never blocks the agent (status, inspect)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    uri = Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=5.0)
+
+
+def _integrity_problem(path: str) -> str | None:
+    """None when the file is absent or a healthy queue; else what is wrong."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    try:
+        con = sqlite3.connect(path, timeout=30.0)
+        try:
+            result = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if result != [("ok",)]:
+        return "; ".join(str(r[0]) for r in result[:5])
+    return None
+
+
+def _quarantine(path: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{path}.corrupt-{stamp}"
+    n = 1
+    while os.path.exists(target):
+        target = f"{path}.corrupt-{stamp}-{n}"
+        n += 1
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm", "-journal"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, target + suffix)
+    return target
+
+
+def _take_lock(lock_path: str) -> int:
+    """An exclusive lock next to the buffer: one agent process per buffer."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            os.close(fd)
+            raise BufferLocked(_locked_message(lock_path)) from None
+    except OSError:
+        os.close(fd)
+        raise BufferLocked(_locked_message(lock_path)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _locked_message(lock_path: str) -> str:
+    pid = ""
+    with contextlib.suppress(OSError):
+        pid = Path(lock_path).read_text().strip()
+    owner = f" (pid {pid})" if pid else ""
+    return f"another ila-agent process{owner} already owns the buffer {lock_path[:-5]}"
+
+
+def _iso_ms(epoch: float) -> str:
+    from ila_agent.clock import rfc3339_ms
+
+    return rfc3339_ms(epoch)
+
+
+def _now_iso() -> str:
+    return _iso_ms(time.time())

@@ -76,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as exc:
         print(f"ila-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"ila-agent: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
     print(f"ila-agent: unknown command {command}", file=sys.stderr)

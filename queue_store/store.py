@@ -105,6 +105,7 @@ class QueueStore:
         self.max_bytes = max_bytes
         self.full_policy = full_policy
         self.acked_retention_s = acked_retention_s
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._lock_fd = _take_lock(self.path + ".lock") if lock else None
         self.quarantined_to: str | None = None
         try:

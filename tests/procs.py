@@ -1,0 +1,189 @@
+"""Real processes for end-to-end tests: the reference receiver and the agent, over 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+API_KEY = "test-key-7f3a9c"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``cond`` until it returns a truthy value; fail the test with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or cond} (last={last!r})")
+
+
+class ReceiverProc:
+    """`ila-agent receiver` as a subprocess on a fixed port, so it can be stopped and restarted."""
+
+    def __init__(self, tmp: Path, port: int | None = None, api_key: str = API_KEY) -> None:
+        self.tmp = tmp
+        self.port = port or free_port()
+        self.api_key = api_key
+        self.db = tmp / "received.db"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ReceiverProc:
+        ready = self.tmp / f"receiver-{self.port}.ready"
+        ready.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [PY, "-m", "ila_agent", "receiver", "--port", str(self.port), "--api-key",
+             self.api_key, "--db", str(self.db), "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "receiver.err", "ab"),  # noqa: SIM115
+        )  # fmt: skip
+        wait_until(ready.exists, 15, what="receiver ready")
+        return self
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = requests.get(self.url + path, params=params, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        r = requests.post(self.url + path, json=body, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.get("/api/receiver/stats"))
+
+    def events(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.get("/api/receiver/events", after=after, limit=10000)["events"]
+            if not page:
+                return out
+            out.extend(page)
+            after = page[-1]["id"]
+
+    def requests_log(self) -> list[dict[str, Any]]:
+        return list(self.get("/api/receiver/requests", limit=100000)["requests"])
+
+    def heartbeats(self) -> list[dict[str, Any]]:
+        return list(self.get("/api/receiver/heartbeats")["heartbeats"])
+
+    def script(self, endpoint: str, responses: list[dict[str, Any]]) -> None:
+        self.post("/api/receiver/script", {"endpoint": endpoint, "responses": responses})
+
+    def configure(self, **changes: Any) -> None:
+        self.post("/api/receiver/config", changes)
+
+
+class AgentProc:
+    """`ila-agent run` as a subprocess with a config written into ``tmp``."""
+
+    def __init__(self, tmp: Path, **config: Any) -> None:
+        self.tmp = tmp
+        self.config_path = tmp / "config.json"
+        base: dict[str, Any] = {
+            "api_key": API_KEY,
+            "batch_size": 50,
+            "batch_interval": 0.2,
+            "heartbeat_interval": 0.5,
+            "retry_interval": 1,
+            "poll_interval": 0.2,
+            "partial_line_timeout": 1,
+            "connect_timeout": 2,
+            "request_timeout": 5,
+            "start_position": "beginning",
+            "buffer_db": "buffer/agent.db",
+            "agent_log_file": "agent.log",
+        }
+        base.update(config)
+        self.config = base
+        self.config_path.write_text(json.dumps(base, indent=2))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, extra_env: dict[str, str] | None = None) -> AgentProc:
+        env = {k: v for k, v in os.environ.items() if k != "ILA_AGENT_API_KEY"}
+        env.update(extra_env or {})
+        self.starts += 1
+        self.proc = subprocess.Popen(
+            [PY, "-m", "ila_agent", "run", "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "agent.err", "ab"),  # noqa: SIM115
+            env=env,
+        )
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM; returns the exit code (fails the test when it takes longer than ``timeout``)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cleanup(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "ila_agent", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def status(self) -> dict[str, Any]:
+        out = self.cli("status", "--json")
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    def log_text(self) -> str:
+        p = self.tmp / "agent.log"
+        return p.read_text() if p.exists() else ""
+
+
+def write_lines(path: Path, lines: list[str], *, mode: str = "a") -> None:
+    with open(path, mode, encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")

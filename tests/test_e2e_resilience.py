@@ -1,0 +1,214 @@
+"""End to end under faults: kill -9, server outages, graceful restart, log rotation."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from tests.procs import AgentProc, ReceiverProc, wait_until, write_lines
+
+
+class Writer(threading.Thread):
+    """Appends numbered lines to a file until stopped; every line is unique."""
+
+    def __init__(self, path: Path, tag: str, per_tick: int = 20, tick: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.tag = tag
+        self.per_tick = per_tick
+        self.tick = tick
+        self.n = 0
+        self.lock = threading.Lock()  # held by a test to pause writing (rotation)
+        self.stop_event = threading.Event()
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self.written: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            with self.lock:
+                batch = [f"{self.tag} {self.n + i:08d}" for i in range(self.per_tick)]
+                self.f.write("".join(x + "\n" for x in batch))
+                self.f.flush()
+                self.written.extend(batch)
+                self.n += self.per_tick
+            time.sleep(self.tick)
+
+    def reopen(self) -> None:
+        self.f.close()
+        self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def finish(self) -> list[str]:
+        self.stop_event.set()
+        self.join(10)
+        self.f.close()
+        return self.written
+
+
+def _texts(receiver: ReceiverProc) -> list[str]:
+    return [e["log_text"] for e in receiver.events()]
+
+
+class TestCrash:
+    def test_kill9_ten_times_while_writing_loses_nothing(
+        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+    ) -> None:
+        """kill -9 at 10 random moments: every line arrives; duplicates ≤ one batch per kill."""
+        log = tmp_path / "app.log"
+        log.write_text("")
+        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
+        agents.append(agent)
+        writer = Writer(log, "crash")
+        writer.start()
+        rng = random.Random(1234)
+        for _ in range(10):
+            agent.start()
+            time.sleep(rng.uniform(0.2, 1.2))  # a random moment, not a synchronisation
+            agent.kill9()
+        agent.start()
+        written = writer.finish()
+        n = len(written)
+        wait_until(lambda: receiver.stats()["events_unique"] >= n, 45, what=f"{n} events")
+        texts = _texts(receiver)
+        assert sorted(texts) == sorted(written)
+        stats = receiver.stats()
+        assert stats["events_unique"] == n
+        duplicates = stats["events_received"] - stats["events_unique"]
+        assert duplicates <= 10 * agent.config["batch_size"], duplicates
+        assert agent.terminate() == 0
+
+
+class TestOutage:
+    def test_server_down_at_start_and_for_ten_seconds(
+        self, tmp_path: Path, agents: list[AgentProc]
+    ) -> None:
+        """Server down at start-up and for 10 s later: all lines arrive; the agent stays up."""
+        receiver = ReceiverProc(tmp_path)
+        log = tmp_path / "app.log"
+        log.write_text("")
+        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
+        agents.append(agent)
+        try:
+            agent.start()
+            first = [f"early {i}" for i in range(2000)]
+            write_lines(log, first)
+            wait_until(lambda: agent.status()["pending"] == 2000, 20, what="2000 buffered")
+            assert agent.alive()
+            receiver.start()
+            wait_until(lambda: receiver.stats()["events_unique"] == 2000, 30, what="early lines")
+            receiver.stop()
+            t0 = time.monotonic()
+            second = [f"during {i}" for i in range(3000)]
+            for k in range(0, 3000, 300):
+                write_lines(log, second[k : k + 300])
+                time.sleep(0.9)  # spread over the 10 s outage
+            wait_until(lambda: agent.status()["pending"] == 3000, 20, what="3000 buffered")
+            while time.monotonic() - t0 < 10:
+                time.sleep(0.2)
+            assert agent.alive(), "the agent must never exit on its own"
+            status = agent.status()
+            assert status["last_error"] and "connection" in status["last_error"]
+            receiver.start()
+            wait_until(lambda: receiver.stats()["events_unique"] == 5000, 30, what="all lines")
+            assert sorted(_texts(receiver)) == sorted(first + second)
+            wait_until(lambda: agent.status()["pending"] == 0, 10, what="buffer drained")
+            assert agent.terminate() == 0
+        finally:
+            receiver.stop()
+
+
+class TestRestart:
+    def test_sigterm_then_lines_written_while_stopped_are_delivered(
+        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+    ) -> None:
+        """Stop, write 1,000 lines, start: they arrive; earlier lines are not sent again."""
+        log = tmp_path / "app.log"
+        log.write_text("")
+        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
+        agents.append(agent)
+        agent.start()
+        before = [f"before {i}" for i in range(700)]
+        write_lines(log, before)
+        wait_until(lambda: receiver.stats()["events_unique"] == 700, 20, what="700 events")
+        t0 = time.monotonic()
+        assert agent.terminate() == 0
+        assert time.monotonic() - t0 < 10
+        after = [f"after {i}" for i in range(1000)]
+        write_lines(log, after)
+        agent.start()
+        wait_until(lambda: receiver.stats()["events_unique"] == 1700, 20, what="1700 events")
+        assert sorted(_texts(receiver)) == sorted(before + after)
+        stats = receiver.stats()
+        assert stats["events_received"] - stats["events_unique"] <= agent.config["batch_size"]
+        assert agent.terminate() == 0
+
+
+class TestRotation:
+    def test_rename_and_create_while_writing(
+        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+    ) -> None:
+        """rename+create rotation three times while writing: nothing lost, nothing doubled."""
+        log = tmp_path / "app.log"
+        log.write_text("")
+        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
+        agents.append(agent)
+        agent.start()
+        wait_until(lambda: receiver.stats()["agents"] == 1, 20, what="registration")
+        writer = Writer(log, "rot")
+        writer.start()
+        for k in range(1, 4):
+            time.sleep(0.5)
+            with writer.lock:
+                os.rename(log, tmp_path / f"app.log.{k}")
+                # Like a daemon before its HUP: a few lines still go to the renamed file.
+                writer.f.write("".join(f"rot late{k} {i}\n" for i in range(30)))
+                writer.f.flush()
+                writer.written.extend(f"rot late{k} {i}" for i in range(30))
+                writer.reopen()
+        time.sleep(0.5)
+        written = writer.finish()
+        n = len(written)
+        wait_until(lambda: receiver.stats()["events_unique"] >= n, 30, what=f"{n} events")
+        texts = _texts(receiver)
+        assert sorted(texts) == sorted(written)
+        assert receiver.stats()["events_received"] == n  # no duplicate from re-reading
+        assert agent.terminate() == 0
+
+    def test_copytruncate_while_writing(
+        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+    ) -> None:
+        """copytruncate while writing: only an unread tail of each copy may be missing."""
+        log = tmp_path / "app.log"
+        log.write_text("")
+        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
+        agents.append(agent)
+        agent.start()
+        wait_until(lambda: receiver.stats()["agents"] == 1, 20, what="registration")
+        writer = Writer(log, "ct")
+        writer.start()
+        copies: list[list[str]] = []
+        for k in range(1, 4):
+            time.sleep(0.5)
+            with writer.lock:  # logrotate's copy→truncate window, made empty here
+                shutil.copyfile(log, tmp_path / f"app.log.{k}")
+                with open(log, "r+") as f:
+                    f.truncate(0)
+            copies.append((tmp_path / f"app.log.{k}").read_text().splitlines())
+        time.sleep(0.5)
+        written = writer.finish()
+        after_last = written[len(sum(copies, [])) :]
+        wait_until(
+            lambda: set(after_last) <= set(_texts(receiver)), 30, what="lines after truncation"
+        )
+        delivered = set(_texts(receiver))
+        for copy in copies:
+            missing = [i for i, line in enumerate(copy) if line not in delivered]
+            # What is missing can only be the tail the agent had not read at truncation.
+            assert missing == list(range(len(copy) - len(missing), len(copy))), missing[:5]
+        lost = len(written) - len(delivered)
+        assert lost < len(written) // 4
+        assert receiver.stats()["events_received"] == len(delivered)
+        assert agent.terminate() == 0

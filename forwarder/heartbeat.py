@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from forwarder.health import SendHealth
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.transport import Reply, Transport
@@ -28,6 +29,7 @@ class Heartbeat:
         buffer_figures: Callable[[], dict[str, Any]],
         retry: RetryPolicy,
         clock: Clock,
+        health: SendHealth | None = None,
     ) -> None:
         self.transport = transport
         self.registrar = registrar
@@ -35,6 +37,7 @@ class Heartbeat:
         self.buffer_figures = buffer_figures
         self.retry = retry
         self.clock = clock
+        self.health = health
         self.next_register = 0.0
         self.next_beat: float | None = None
         self._failing = False
@@ -58,6 +61,8 @@ class Heartbeat:
             result = self.registrar.register(self.transport)
             if isinstance(result, Reply) and 200 <= result.status < 300:
                 self.retry.reset()
+                if self.health is not None:
+                    self.health.ok()
                 self.next_beat = self.clock.monotonic() + self.interval
                 return 0.0
             reason = result if isinstance(result, str) else f"server answered {result.status}"
@@ -65,6 +70,8 @@ class Heartbeat:
             delay = self.retry.next_delay(retry_after)
             self.next_register = now + delay
             log.warning("register_failed", reason=reason, retry_in_s=round(delay, 2))
+            if self.health is not None:
+                self.health.failed(f"register: {reason}")
             return delay
         if self.next_beat is None:
             self.next_beat = now + self.interval

@@ -8,11 +8,12 @@ from collections import deque
 import structlog
 
 from forwarder.encode import encode_batch
+from forwarder.health import SendHealth
 from forwarder.outcome import Decision, Outcome, classify
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.transport import Transport
-from ila_agent.clock import Clock, rfc3339_ms
+from ila_agent.clock import Clock
 from ila_agent.errors import TransientSendError
 from queue_store.batch import Batch
 from queue_store.store import QueueStore
@@ -36,8 +37,8 @@ class Forwarder:
         batch_interval: float,
         retry: RetryPolicy,
         clock: Clock,
+        health: SendHealth | None = None,
         wake: threading.Event | None = None,
-        include_dead: bool = False,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -52,7 +53,7 @@ class Forwarder:
         self.next_attempt = 0.0
         self.sent_lines = 0
         self.dead_lines = 0
-        self._error: str | None = None
+        self.health = health or SendHealth(lambda v: store.set_meta("last_error", v), clock.wall)
         self._auth_streak = False
 
     def run(self) -> None:
@@ -145,22 +146,19 @@ class Forwarder:
             )
 
     def _failed(self, decision: Decision, delay: float) -> None:
+        new = self.health.failed(decision.reason)
         if decision.auth:
             if not self._auth_streak:
                 log.error("api_key_rejected", reason=decision.reason, retry_in_s=round(delay, 2))
             self._auth_streak = True
-        elif self.retry.failures == 1 or decision.reason != self._error:
+        elif new or self.retry.failures == 1:
             log.warning("send_failed", reason=decision.reason, retry_in_s=round(delay, 2))
-        if decision.reason != self._error:
-            self._error = decision.reason
-            self.store.set_meta("last_error", f"{rfc3339_ms(self.clock.wall())} {decision.reason}")
 
     def _recovered(self) -> None:
-        if self._error is not None:
-            log.info("send_ok_again", after=self._error)
-            self._error = None
-            self._auth_streak = False
-            self.store.set_meta("last_error", None)
+        ended = self.health.ok()
+        if ended is not None:
+            log.info("send_ok_again", after=ended)
+        self._auth_streak = False
 
     def abandon(self) -> None:
         """Shutdown: batches not confirmed go back to the buffer (sent again next start)."""

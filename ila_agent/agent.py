@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from collector.collector import Collector
+from forwarder.health import SendHealth
 from forwarder.heartbeat import Heartbeat
 from forwarder.loop import Forwarder
 from forwarder.registrar import AgentInfo, Registrar
@@ -160,6 +161,7 @@ class Agent:
         if not cfg.collect_only:
             warn_plain_http(cfg.server_url or "")
             registrar = Registrar(info)
+            health = SendHealth(lambda v: store.set_meta("last_error", v), self.clock.wall)
             hb = Heartbeat(
                 transport_for(cfg),
                 registrar,
@@ -167,6 +169,7 @@ class Agent:
                 buffer_figures=lambda: self._figures(store, quarantined),
                 retry=RetryPolicy(cfg.retry_interval),
                 clock=self.clock,
+                health=health,
             )
             forwarder = Forwarder(
                 store,
@@ -177,6 +180,7 @@ class Agent:
                 batch_interval=cfg.batch_interval,
                 retry=RetryPolicy(cfg.retry_interval),
                 clock=self.clock,
+                health=health,
                 wake=store.commit_event,
             )
             self._spawn("heartbeat", hb.run)

@@ -1,0 +1,181 @@
+"""The answer table (``classify``) row by row, and the backoff policy (``RetryPolicy``)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from forwarder.outcome import Decision, Outcome, classify
+from forwarder.retry import RETRY_AFTER_MAX, RetryPolicy, parse_retry_after
+
+HTTP_DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
+HTTP_DATE_EPOCH = 1_445_412_480.0
+
+
+def identity(delay: float) -> float:
+    return delay
+
+
+class TestClassify:
+    """protocol.md, "What each answer means to the agent", one row at a time."""
+
+    @pytest.mark.parametrize("status", [200, 201, 202, 204, 206, 299])
+    @pytest.mark.parametrize("n", [1, 500])
+    def test_any_2xx_delivers_the_whole_batch(self, status: int, n: int) -> None:
+        """Any 2xx means the whole batch is accepted."""
+        assert classify(status, n) == Decision(Outcome.DELIVERED, "accepted")
+
+    @pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
+    def test_3xx_is_a_failed_attempt(self, status: int) -> None:
+        """A redirect is not followed: it is a failed attempt, retried later."""
+        decision = classify(status, 10)
+        assert decision.outcome is Outcome.RETRY
+        assert decision.auth is False
+        assert decision.reason == f"redirect {status} not followed"
+
+    @pytest.mark.parametrize("n", [1, 2, 500])
+    def test_404_registers_again(self, n: int) -> None:
+        """404 means the server forgot the agent, whatever the batch size."""
+        assert classify(404, n).outcome is Outcome.REREGISTER
+
+    @pytest.mark.parametrize("n", [2, 3, 500])
+    def test_413_with_several_entries_splits(self, n: int) -> None:
+        """413 on a batch of several entries splits it in halves."""
+        assert classify(413, n).outcome is Outcome.SPLIT
+
+    def test_413_on_one_entry_dead_letters_it(self) -> None:
+        """413 on a single entry cannot be split further: the entry is kept as a dead letter."""
+        assert classify(413, 1).outcome is Outcome.DEAD_LETTER
+
+    @pytest.mark.parametrize("status", [400, 422])
+    @pytest.mark.parametrize("n", [2, 8, 500])
+    def test_rejection_of_several_entries_splits(self, status: int, n: int) -> None:
+        """400/422 on several entries splits the batch to isolate what is rejected."""
+        decision = classify(status, n)
+        assert decision.outcome is Outcome.SPLIT
+        assert decision.auth is False
+
+    @pytest.mark.parametrize("status", [400, 422])
+    def test_rejection_of_one_entry_dead_letters_it(self, status: int) -> None:
+        """400/422 on an entry sent on its own sends it to the dead-letter set."""
+        assert classify(status, 1).outcome is Outcome.DEAD_LETTER
+
+    @pytest.mark.parametrize("status", [401, 403])
+    @pytest.mark.parametrize("n", [1, 8])
+    def test_rejected_key_keeps_everything_and_retries(self, status: int, n: int) -> None:
+        """401/403 keep the batch, retry it, and flag the answer as an auth problem."""
+        decision = classify(status, n)
+        assert decision.outcome is Outcome.RETRY
+        assert decision.auth is True
+
+    @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+    @pytest.mark.parametrize("n", [1, 8])
+    def test_transient_answers_retry(self, status: int, n: int) -> None:
+        """408, 429 and 5xx are transient: retry, not an auth problem."""
+        assert classify(status, n) == Decision(Outcome.RETRY, f"server answered {status}")
+
+    def test_outcomes_are_ordered_by_how_much_the_batch_changes(self) -> None:
+        """DELIVERED < RETRY < REREGISTER < SPLIT < DEAD_LETTER."""
+        assert sorted(Outcome, key=int) == [
+            Outcome.DELIVERED,
+            Outcome.RETRY,
+            Outcome.REREGISTER,
+            Outcome.SPLIT,
+            Outcome.DEAD_LETTER,
+        ]
+
+
+class TestRetryPolicy:
+    """Exponential backoff capped at retry_interval, full jitter, Retry-After honoured."""
+
+    def test_delays_double_from_one_second_up_to_the_cap(self) -> None:
+        """Without jitter the delays are 1, 2, 4, … and then stay at the cap."""
+        policy = RetryPolicy(30.0, jitter=identity)
+        delays = [policy.next_delay() for _ in range(8)]
+        assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+        assert policy.failures == 8
+
+    def test_a_cap_that_is_not_a_power_of_two_is_reached_exactly(self) -> None:
+        """The last doubling is cut to the cap itself."""
+        policy = RetryPolicy(10.0, jitter=identity)
+        assert [policy.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+    def test_full_jitter_is_applied_after_the_cap(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The default jitter draws uniformly from [0, capped delay] (here: its midpoint)."""
+        monkeypatch.setattr(random, "uniform", lambda low, high: low + (high - low) / 2)
+        policy = RetryPolicy(30.0)
+        delays = [policy.next_delay() for _ in range(7)]
+        assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+
+    def test_full_jitter_stays_within_zero_and_the_capped_delay(self) -> None:
+        """With real randomness every delay lies in [0, capped delay]."""
+        policy = RetryPolicy(30.0)
+        capped = [1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 195
+        delays = [policy.next_delay() for _ in capped]
+        assert all(0.0 <= d <= c for d, c in zip(delays, capped, strict=True))
+        assert len(set(delays)) > 1  # it is jittered, not constant
+
+    def test_retry_after_wins_even_beyond_the_cap(self) -> None:
+        """A Retry-After of 120 s is honoured although retry_interval is 30 s."""
+        policy = RetryPolicy(30.0, jitter=identity)
+        assert policy.next_delay(120.0) == 120.0
+
+    def test_retry_after_wins_when_shorter_than_the_backoff(self) -> None:
+        """A Retry-After shorter than the current backoff is honoured as given."""
+        policy = RetryPolicy(30.0, jitter=identity)
+        for _ in range(5):
+            policy.next_delay()
+        assert policy.next_delay(0.5) == 0.5
+
+    @pytest.mark.parametrize(
+        ("retry_after", "expected"),
+        [(3600.0, 3600.0), (3601.0, RETRY_AFTER_MAX), (86_400.0, 3600.0), (-5.0, 0.0)],
+    )
+    def test_retry_after_is_clamped_to_one_hour(self, retry_after: float, expected: float) -> None:
+        """Retry-After is clamped to [0, 3600] seconds."""
+        assert RetryPolicy(30.0, jitter=identity).next_delay(retry_after) == expected
+
+    def test_retry_after_still_counts_as_a_failure(self) -> None:
+        """A failure answered with Retry-After moves the exponential sequence on."""
+        policy = RetryPolicy(30.0, jitter=identity)
+        assert policy.next_delay(120.0) == 120.0
+        assert policy.next_delay() == 2.0
+        assert policy.failures == 2
+
+    def test_reset_starts_the_sequence_again(self) -> None:
+        """After ``reset`` (a success) the next delay is 1 s again and failures is 0."""
+        policy = RetryPolicy(30.0, jitter=identity)
+        for _ in range(4):
+            policy.next_delay()
+        policy.reset()
+        assert policy.failures == 0
+        assert [policy.next_delay() for _ in range(3)] == [1.0, 2.0, 4.0]
+
+
+class TestParseRetryAfter:
+    """Retry-After as delta-seconds or an HTTP date; anything else is ignored."""
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("120", 120.0), ("0", 0.0), (" 7 ", 7.0), ("1.5", 1.5), ("-3", 0.0)],
+    )
+    def test_seconds(self, value: str, expected: float) -> None:
+        """Delta-seconds are read as a float, never negative."""
+        assert parse_retry_after(value) == expected
+
+    def test_http_date_in_the_future(self) -> None:
+        """An HTTP date gives the seconds from ``now`` until then."""
+        assert parse_retry_after(HTTP_DATE, now=HTTP_DATE_EPOCH - 90.0) == 90.0
+
+    def test_http_date_in_the_past_means_now(self) -> None:
+        """An HTTP date already past gives 0 seconds."""
+        assert parse_retry_after(HTTP_DATE, now=HTTP_DATE_EPOCH + 500.0) == 0.0
+
+    @pytest.mark.parametrize(
+        "value",
+        [None, "", "soon", "12 parsecs", "Wed, 99 Foo 2015", "Mon, 32 Oct 2015 07:28:00 GMT"],
+    )
+    def test_absent_or_garbage_is_none(self, value: str | None) -> None:
+        """A missing or unreadable header gives None (ordinary backoff applies)."""
+        assert parse_retry_after(value, now=HTTP_DATE_EPOCH) is None

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -128,7 +127,7 @@ def mem_kb(pid: int) -> dict[str, int]:
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
 
 
@@ -209,9 +208,7 @@ class ReceiverProc:
         return max(times) if times else None
 
 
-def agent_config(
-    workdir: str, log_file: str, *, server_url: str | None, batch_size: int
-) -> str:
+def agent_config(workdir: str, log_file: str, *, server_url: str | None, batch_size: int) -> str:
     cfg: dict[str, Any] = {
         "api_key": API_KEY,
         "batch_size": batch_size,
@@ -436,9 +433,8 @@ def rss_baseline(log_file: str, n: int, workdir: str, deadline_s: float) -> dict
             time.sleep(0.2)
             if agent.poll() is not None:
                 raise RuntimeError(f"baseline exited {agent.returncode}; see {workdir}")
-            with contextlib.suppress(OSError, ValueError):
-                with open(status, encoding="utf-8") as f:
-                    queued = json.load(f)["queued"]
+            with contextlib.suppress(OSError, ValueError), open(status, encoding="utf-8") as f:
+                queued = json.load(f)["queued"]
             if queued >= n:
                 break
         if queued < n:
@@ -589,13 +585,14 @@ def render(args: argparse.Namespace, info: dict[str, Any]) -> str:
         f" with the newline); runs: {args.runs}; wall time {info['wall']:.0f} s."
         " Cells: **median** (min–max, n=runs).",
         "",
-        "| Metric | ours | baseline (first agent design) | ours / baseline | target | ours vs target |",
+        "| Metric | ours | baseline (first agent design) | ours / baseline | target"
+        " | ours vs target |",
         "|---|---|---|---|---|---|",
     ]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out += [
         "",
-        "¹ Baseline \"ingest\" = file → in-memory `queue.Queue` (the first agent's reader thread"
+        '¹ Baseline "ingest" = file → in-memory `queue.Queue` (the first agent\'s reader thread'
         " in-process); it is **not durable**: those lines are lost on a crash or restart. Ours"
         " = file → committed (fsync'd SQLite WAL transaction, line and read position together).",
         "² Baseline memory with the same backlog held in its in-memory queue (sender stalled,"
@@ -631,11 +628,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rss_n = 500_000 if args.quick else 1_000_000
     idle_window = 10.0 if args.quick else 20.0
     e2e_deadline = 90.0 if args.quick else 150.0
+    exe = sys.executable
+    if exe.startswith(os.getcwd() + os.sep):
+        exe = os.path.relpath(exe)
     info: dict[str, Any] = {
-        "command": shlex.join(
-            [os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd())
-             else sys.executable, *sys.argv]
-        ),  # fmt: skip
+        "command": shlex.join([exe, *sys.argv]),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.system()}"
         f" {platform.release()}",
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -140,7 +140,8 @@ class Agent:
         if store.quarantined_to:
             log.error("buffer_was_corrupt", moved_to=store.quarantined_to)
 
-        first_start = store.get_meta("started_before") is None
+        # After a quarantine the positions are gone: re-read known files rather than skip.
+        first_start = store.get_meta("started_before") is None and not store.quarantined_to
         collector = Collector(
             store,
             cfg.file_sources,

@@ -19,7 +19,9 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from collector.identity import FileId
+from forwarder.registrar import AgentInfo, Registrar
 from ila_agent.clock import Clock
+from ila_agent.version import __version__
 from queue_store.records import Checkpoint, Chunk, Entry, event_uid
 from queue_store.store import QueueStore
 
@@ -29,7 +31,7 @@ from queue_store.store import QueueStore
 class FakeClock(Clock):
     """A Clock whose time moves only when told: ``advance`` or ``wait`` (which never sleeps).
 
-    ``monotonic`` starts at ``start``; ``wall`` starts at ``wall_start`` and moves with it.
+    ``monotonic`` starts at ``start`` and ``wall`` at ``wall_start``; both move together.
     """
 
     def __init__(
@@ -40,23 +42,24 @@ class FakeClock(Clock):
     ) -> None:
         super().__init__(stop)
         self._now = start
-        self._wall_offset = wall_start - start
+        self._wall = wall_start
         self.waits: list[float] = []  # every wait() asked for, in order
 
     def monotonic(self) -> float:
         return self._now
 
     def wall(self) -> float:
-        return self._now + self._wall_offset
+        return self._wall
 
     def set_wall(self, epoch: float) -> None:
         """Re-anchor the wall clock so that ``wall()`` is ``epoch`` now (monotonic unchanged)."""
-        self._wall_offset = epoch - self._now
+        self._wall = epoch
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("fake time only moves forward")
         self._now += seconds
+        self._wall += seconds
 
     def wait(self, seconds: float) -> bool:
         """Advance fake time by ``seconds`` unless stopped; True when the stop event is set."""
@@ -70,8 +73,9 @@ class FakeClock(Clock):
 class NoWaitEvent(threading.Event):
     """A threading.Event whose ``wait`` never blocks: it answers ``is_set()`` at once.
 
-    ``Forwarder.step`` waits on ``registrar.registered`` in real time while unregistered;
-    a Registrar built by ``make_registrar`` carries this event so tests never sleep.
+    ``Forwarder.step`` waits on ``registrar.registered`` in real time (up to 0.2 s) while
+    unregistered; a Registrar built by ``make_registrar`` carries this event instead, so the
+    tests never sleep. Each timeout asked for is recorded in ``waited``.
     """
 
     def __init__(self) -> None:
@@ -81,6 +85,30 @@ class NoWaitEvent(threading.Event):
     def wait(self, timeout: float | None = None) -> bool:
         self.waited.append(timeout)
         return self.is_set()
+
+
+AGENT_INFO = AgentInfo(
+    agent_id="9b0e7c1d-agent",
+    hostname="web-01",
+    os_type="Linux",
+    os_version="6.1.0",
+    agent_version=__version__,
+    sources=("/var/log/auth.log",),
+)
+
+
+def make_registrar(info: AgentInfo = AGENT_INFO, *, registered: bool = False) -> Registrar:
+    """A real Registrar whose events never block; ``registered`` skips the first register.
+
+    Marking it registered does what a 2xx answer to register does (``needed`` cleared,
+    ``registered`` set), for tests about batches rather than about registration.
+    """
+    registrar = Registrar(info)
+    registrar.registered = NoWaitEvent()
+    if registered:
+        registrar.needed.clear()
+        registrar.registered.set()
+    return registrar
 
 
 # -- HTTP ---------------------------------------------------------------------------------

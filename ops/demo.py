@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import socket
@@ -28,7 +27,7 @@ def free_port() -> int:
 
 
 def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -73,10 +72,20 @@ def main() -> int:
     try:
         procs.append(
             subprocess.Popen(
-                [*exe, "receiver", "--port", str(port), "--api-key", KEY,
-                 "--db", str(work / "received.db"), "--ready-file", str(ready)],
+                [
+                    *exe,
+                    "receiver",
+                    "--port",
+                    str(port),
+                    "--api-key",
+                    KEY,
+                    "--db",
+                    str(work / "received.db"),
+                    "--ready-file",
+                    str(ready),
+                ],
                 stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         )
         deadline = time.monotonic() + 15
         while not ready.exists():
@@ -89,8 +98,10 @@ def main() -> int:
         procs.append(
             subprocess.Popen(
                 [*exe, "run", "--config", str(work / "config.json")],
-                stdout=subprocess.DEVNULL, stderr=agent_err, cwd=work,
-            )  # fmt: skip
+                stdout=subprocess.DEVNULL,
+                stderr=agent_err,
+                cwd=work,
+            )
         )
         print(f"agent:    ila-agent run --config {work / 'config.json'}")
         print(f"writing sample lines to {log}; lines arriving at the receiver:\n")

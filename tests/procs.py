@@ -28,7 +28,7 @@ def free_port() -> int:
 def wait_until(
     cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> Any:
-    """Poll ``cond`` until it returns a truthy value; fail the test with ``what`` at the deadline."""
+    """Poll ``cond`` until truthy; fail the test naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

@@ -125,7 +125,8 @@ class TestConfigLoading:
                         "buffer_db": "state/b.db", "agent_log_file": "agent.log"})  # fmt: skip
         cfg = load_config(p)
         assert cfg.buffer_db == str(sub / "state/b.db")
-        assert [s.pattern for s in cfg.file_sources] == [str(sub / "logs/*.log"), str(sub / "a.log")]
+        patterns = [s.pattern for s in cfg.file_sources]
+        assert patterns == [str(sub / "logs/*.log"), str(sub / "a.log")]
         assert cfg.file_sources[1].name == "app"
 
     def test_no_server_url_is_collect_only(self, tmp_path: Path) -> None:

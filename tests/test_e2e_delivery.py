@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -35,10 +36,12 @@ class TestDelivery:
         for i, f in enumerate(files):
             lines = _lines(f"file{i}", 5000)
             expected[str(f)] = lines
+
             # Written in slices from three threads, so reads see growing files.
             def write(f: Path = f, lines: list[str] = lines) -> None:
                 for k in range(0, len(lines), 250):
                     write_lines(f, lines[k : k + 250])
+
             writers.append(threading.Thread(target=write))
         for w in writers:
             w.start()
@@ -49,9 +52,7 @@ class TestDelivery:
         got: dict[str, list[str]] = {}
         for e in events:
             got.setdefault(e["source"], []).append(e["log_text"])
-        assert {s: sorted(v) for s, v in got.items()} == {
-            s: sorted(v) for s, v in expected.items()
-        }
+        assert {s: sorted(v) for s, v in got.items()} == {s: sorted(v) for s, v in expected.items()}
         # Per source, in order of writing.
         assert got == expected
         uids = [e["event_uid"] for e in events]
@@ -72,7 +73,7 @@ class TestDelivery:
 
         wait_until(lambda: len(beats()) >= 6, 10, what="6 heartbeats")
         beats_seen = beats()
-        gaps = [b["mono"] - a["mono"] for a, b in zip(beats_seen, beats_seen[1:], strict=False)]
+        gaps = [b["mono"] - a["mono"] for a, b in itertools.pairwise(beats_seen)]
         # At the interval (0.5 s), on its own schedule: never bunched, never long late.
         assert all(0.3 <= g <= 1.2 for g in gaps), gaps
         hb = receiver.heartbeats()[-1]["body"]

@@ -199,7 +199,7 @@ class TestRotation:
             copies.append((tmp_path / f"app.log.{k}").read_text().splitlines())
         time.sleep(0.5)
         written = writer.finish()
-        after_last = written[len(sum(copies, [])) :]
+        after_last = written[sum(len(c) for c in copies) :]
         wait_until(
             lambda: set(after_last) <= set(_texts(receiver)), 30, what="lines after truncation"
         )

@@ -77,6 +77,8 @@ class Heartbeat:
             self.next_beat = now + self.interval
         if now >= self.next_beat:
             self.beat()
+            if not self.registrar.registered.is_set():
+                return 0.0  # the beat got a 404: register again now, not in an interval
             # Keep the cadence; after a long stall, start again from now.
             self.next_beat += self.interval
             if self.next_beat <= now:

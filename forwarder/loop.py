@@ -21,6 +21,7 @@ from queue_store.store import QueueStore
 log = structlog.get_logger("forwarder")
 
 IDLE_WAIT = 1.0
+UNREGISTERED_WAIT = 0.2  # how often the batch loop looks again while registration is pending
 
 
 class Forwarder:
@@ -75,19 +76,14 @@ class Forwarder:
             return self.next_attempt - now
         if not self.registrar.registered.is_set():
             self.registrar.needed.set()
-            self.registrar.registered.wait(min(IDLE_WAIT, 0.2))
-            return 0.0 if self.registrar.registered.is_set() else IDLE_WAIT
+            return UNREGISTERED_WAIT
         if not self.work:
             due = self._lease(flush)
             if due is not None:
                 return due
         batch = self.work.popleft()
         self._send(batch)
-        return (
-            0.0
-            if self.work or self.next_attempt <= self.clock.monotonic()
-            else (self.next_attempt - self.clock.monotonic())
-        )
+        return max(0.0, self.next_attempt - self.clock.monotonic())
 
     def _lease(self, flush: bool) -> float | None:
         """Take the next batch from the store; the wait instead when none is due yet."""
@@ -129,6 +125,8 @@ class Forwarder:
         elif outcome is Outcome.REREGISTER:
             self.work.appendleft(batch.retry())
             self.registrar.invalidate()
+            # A server that keeps forgetting us must not turn into a register/send spin.
+            self.next_attempt = self.clock.monotonic() + self.retry.next_delay()
         elif outcome is Outcome.SPLIT:
             first, second = batch.split()
             self.work.appendleft(second)

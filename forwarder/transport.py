@@ -52,7 +52,6 @@ class Transport:
         self.settings = settings
         self.session = session or requests.Session()
         self.session.trust_env = False  # no proxy/netrc surprises: the key goes to server_url only
-        self.session.max_redirects = 0
         self.session.verify = settings.tls_ca_file or True
         if settings.tls_client_cert:
             self.session.cert = (

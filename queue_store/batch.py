@@ -53,9 +53,12 @@ class Batch:
     attempt: int = 0
     _verb: str | None = field(default=None, repr=False)
 
-    def _settle(self, verb: str) -> None:
+    def _check_open(self, verb: str) -> None:
         if self._verb is not None:
             raise BatchSettledTwice(f"batch already settled by {self._verb}, then {verb}")
+
+    def _settle(self, verb: str) -> None:
+        self._check_open(verb)
         self._verb = verb
 
     def ack(self) -> None:
@@ -70,6 +73,7 @@ class Batch:
 
     def split(self) -> tuple[Batch, Batch]:
         """Halves, in order, to isolate what the server rejects."""
+        self._check_open("split")
         if len(self.entries) < 2:
             raise ValueError("a batch of one entry cannot be split")
         self._settle("split")
@@ -78,6 +82,7 @@ class Batch:
 
     def dead_letter(self) -> None:
         """Rejected on its own: kept in the buffer's dead-letter set."""
+        self._check_open("dead_letter")
         if len(self.entries) != 1:
             raise ValueError("only a single rejected entry is dead-lettered")
         self._settle("dead_letter")

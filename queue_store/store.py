@@ -310,7 +310,7 @@ class QueueStore:
         now = time.time()
         dumps = json_serializer.dumps
         dead_rows = [
-            (dumps({"v": 1, "entries": [e.to_wire("")]}), now, DEAD, 1, len(e.log_text), e.source)
+            (dumps({"v": 1, "entries": [e.to_wire("")]}), now, DEAD, 1, _nbytes(e), e.source)
             for e in lease.dead
         ]
         with self._tx:
@@ -584,6 +584,10 @@ def _locked_message(lock_path: str) -> str:
         pid = Path(lock_path).read_text().strip()
     owner = f" (pid {pid})" if pid else ""
     return f"another ila-agent process{owner} already owns the buffer {lock_path[:-5]}"
+
+
+def _nbytes(e: Entry) -> int:
+    return len(e.log_text.encode("utf-8", "replace"))
 
 
 def _iso_ms(epoch: float) -> str:

@@ -207,7 +207,7 @@ class ScriptedAdapter(BaseAdapter):
         resp.encoding = "utf-8"
         resp.url = request.url or ""
         resp.request = request
-        resp.connection = self
+        resp.connection = self  # type: ignore[assignment]
         return resp
 
     def close(self) -> None:

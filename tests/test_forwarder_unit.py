@@ -8,14 +8,28 @@ Registrar and a real QueueStore in ``tmp_path``; it then asserts exactly what th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import itertools
+import time
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from fakes import (
+from structlog.testing import capture_logs
+
+from forwarder.encode import batch_id_of
+from forwarder.heartbeat import Heartbeat
+from forwarder.loop import IDLE_WAIT, UNREGISTERED_WAIT, Forwarder
+from forwarder.registrar import Registrar
+from forwarder.retry import RetryPolicy
+from forwarder.transport import USER_AGENT, Transport, TransportSettings
+from ila_agent.clock import rfc3339_ms
+from queue_store.batch import Batch, BatchSettledTwice, Lease
+from queue_store.records import Entry
+from queue_store.store import QueueStore
+from tests.fakes import (
     FakeClock,
     LogFeed,
     RecordedRequest,
@@ -26,18 +40,6 @@ from fakes import (
     make_registrar,
     make_store,
 )
-from structlog.testing import capture_logs
-
-from forwarder.encode import batch_id_of
-from forwarder.heartbeat import Heartbeat
-from forwarder.loop import IDLE_WAIT, Forwarder
-from forwarder.registrar import Registrar
-from forwarder.retry import RetryPolicy
-from forwarder.transport import USER_AGENT, Transport, TransportSettings
-from ila_agent.clock import rfc3339_ms
-from queue_store.batch import Batch, BatchSettledTwice, Lease
-from queue_store.records import Entry
-from queue_store.store import QueueStore
 
 SERVER = "http://soc.test:5000"
 KEY = "k-7Hq2-very-secret-api-key"
@@ -77,8 +79,9 @@ class Rig:
             if until():
                 return
             wait = self.forwarder.step()
-            if wait > 0:
-                self.clock.advance(wait)
+            if until():
+                return  # time stops where the condition was met
+            self.clock.advance(wait)
         raise AssertionError("the forwarder did not get there")
 
     def drive_until_sent(self, n_ingests: int) -> None:
@@ -90,9 +93,10 @@ class Rig:
     def beat_until(self, n_requests: int) -> None:
         """Step the heartbeat in fake time until the adapter has seen ``n_requests``."""
         for _ in range(300):
+            wait = self.heartbeat.step()
             if len(self.adapter.requests) >= n_requests:
-                return
-            self.clock.advance(self.heartbeat.step())
+                return  # time stops where the last request was sent
+            self.clock.advance(wait)
         raise AssertionError("the heartbeat did not get there")
 
 
@@ -103,7 +107,9 @@ def build_rig(
     batch_size: int = BATCH_SIZE,
     batch_interval: float = BATCH_INTERVAL,
 ) -> Rig:
-    clock = FakeClock(start=T0)
+    # The store stamps commits with the real time.time() and the forwarder ages them with
+    # clock.wall(): the fake wall clock starts at real now, so a fresh commit is about 0 s old.
+    clock = FakeClock(start=T0, wall_start=time.time())
     adapter = ScriptedAdapter(clock=clock)
     session = requests.Session()
     session.mount("http://", adapter)
@@ -151,10 +157,10 @@ def fresh(tmp_path: Path) -> Iterator[Rig]:
 def gaps(requests_: list[RecordedRequest]) -> list[float]:
     """Fake seconds between consecutive requests."""
     times = [r.at for r in requests_]
-    return [b - a for a, b in zip(times, times[1:])]  # type: ignore[operator]
+    return [b - a for a, b in itertools.pairwise(times)]  # type: ignore[operator]
 
 
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
@@ -204,15 +210,17 @@ class TestReregister:
 
     def test_404_invalidates_and_resends_after_registration(self, rig: Rig) -> None:
         """The batch is kept, registration is redone, and the same batch is sent again."""
-        uids = rig.feed.commit(lines(4))
+        uids = rig.feed.commit(lines(8))
         rig.adapter.queue(404)
         rig.forwarder.step()
         assert not rig.registrar.registered.is_set()
         assert rig.registrar.needed.is_set()
         stats = rig.store.stats()
-        assert (stats.pending, stats.acked_kept, stats.dead_letter) == (4, 0, 0)
+        assert (stats.pending, stats.acked_kept, stats.dead_letter) == (8, 0, 0)
 
-        assert rig.forwarder.step() == IDLE_WAIT  # no batch while unregistered
+        assert rig.forwarder.step() == 1.0  # a short backoff: no register/send spin
+        rig.clock.advance(1.0)
+        assert rig.forwarder.step() == UNREGISTERED_WAIT  # no batch while unregistered
         assert rig.adapter.paths() == [INGEST]
 
         rig.adapter.queue(200)  # register
@@ -225,7 +233,7 @@ class TestReregister:
         assert first.uids == again.uids == uids
         assert first.body["batch_id"] == again.body["batch_id"]
         stats = rig.store.stats()
-        assert (stats.pending, stats.acked_kept, stats.dead_letter) == (0, 4, 0)
+        assert (stats.pending, stats.acked_kept, stats.dead_letter) == (0, 8, 0)
 
 
 class TestSplit:
@@ -312,7 +320,7 @@ class TestKeyRejected:
             assert (stats.pending, stats.acked_kept, stats.dead_letter) == (8, 0, 0)
             rig.adapter.queue(200)
             rig.drive_until_empty()
-        assert gaps(rig.ingests()) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+        assert gaps(rig.ingests()) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
         assert rig.store.stats().acked_kept == 8
         rejected = events(logs, "api_key_rejected")
         assert [(e["log_level"], e["reason"]) for e in rejected] == [
@@ -337,7 +345,8 @@ class TestKeyRejected:
         rig.feed.commit(lines(8))
         rig.adapter.queue(401)
         rig.forwarder.step()
-        assert rig.store.stats().last_error == f"{rfc3339_ms(rig.clock.wall())} API key rejected (401)"
+        expected = f"{rfc3339_ms(rig.clock.wall())} API key rejected (401)"
+        assert rig.store.stats().last_error == expected
 
 
 class TestTransient:
@@ -422,11 +431,6 @@ class TestTransient:
         assert [r.url for r in rig.adapter.requests] == [SERVER + INGEST] * 2
         assert rig.store.stats().acked_kept == 8
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="Transport sets session.max_redirects = 0, so requests raises TooManyRedirects "
-        "on any 3xx with a Location: the answer becomes a TransientSendError, not a Reply",
-    )
     def test_redirect_is_reported_as_a_redirect(self, rig: Rig) -> None:
         """The failed attempt is logged as the redirect it was, not as a transport error."""
         rig.feed.commit(lines(8))
@@ -435,11 +439,6 @@ class TestTransient:
             rig.forwarder.step()
         assert [e["reason"] for e in events(logs, "send_failed")] == ["redirect 302 not followed"]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="Forwarder.step returns 0.0 whenever self.work is non-empty, also right after "
-        "a RETRY put the batch back with next_attempt in the future",
-    )
     def test_step_returns_the_backoff_after_a_failure(self, rig: Rig) -> None:
         """Right after a failed attempt, step() returns the seconds until the retry is due."""
         rig.feed.commit(lines(8))
@@ -456,13 +455,13 @@ class TestRegistrationGate:
     def test_no_batch_before_registration(self, fresh: Rig) -> None:
         """Register answered 503, then 200: the batch goes only after the 200."""
         fresh.feed.commit(lines(8))
-        assert fresh.forwarder.step() == IDLE_WAIT
+        assert fresh.forwarder.step() == UNREGISTERED_WAIT
         assert fresh.adapter.requests == []
         assert fresh.registrar.needed.is_set()
 
         fresh.adapter.queue(503)
         assert fresh.heartbeat.step() == 1.0
-        assert fresh.forwarder.step() == IDLE_WAIT
+        assert fresh.forwarder.step() == UNREGISTERED_WAIT
         assert fresh.adapter.paths() == [REGISTER]
 
         fresh.clock.advance(1.0)
@@ -646,6 +645,14 @@ class TestHeartbeat:
         assert [r.at for r in fresh.adapter.requests] == [T0, T0 + 60.0, T0 + 60.0]
         assert fresh.heartbeat.step() == HEARTBEAT_INTERVAL
 
+    def test_404_heartbeat_asks_to_register_at_once(self, fresh: Rig) -> None:
+        """After a 404 beat, step() returns 0 so that run() registers again without waiting."""
+        fresh.adapter.queue(200, 404)
+        fresh.beat_until(1)
+        fresh.clock.advance(HEARTBEAT_INTERVAL)
+        assert fresh.heartbeat.step() == 0.0
+        assert fresh.adapter.paths() == [REGISTER, HEARTBEAT]
+
     def test_body_reports_the_pending_count(self, fresh: Rig) -> None:
         """buffer.pending in the heartbeat is the store's pending line count."""
         fresh.feed.commit(lines(5))
@@ -677,27 +684,14 @@ VERBS: dict[str, Callable[[Batch], Any]] = {
     "split": Batch.split,
     "dead_letter": Batch.dead_letter,
 }
-# Second verbs whose own size check (split needs ≥ 2 entries, dead_letter exactly 1) fires
-# before the settled-twice check, so they raise ValueError instead.
-SIZE_CHECK_FIRST = {("ack", "dead_letter"), ("retry", "dead_letter"), ("split", "dead_letter")}
-SIZE_CHECK_FIRST |= {("dead_letter", "split")}
 
 
 def verb_pairs() -> list[Any]:
-    pairs = []
-    for first in VERBS:
-        for second in VERBS:
-            marks = []
-            if (first, second) in SIZE_CHECK_FIRST:
-                marks.append(
-                    pytest.mark.xfail(
-                        strict=True,
-                        raises=ValueError,
-                        reason=f"Batch.{second} checks the batch size before the settled check",
-                    )
-                )
-            pairs.append(pytest.param(first, second, marks=marks, id=f"{first}-then-{second}"))
-    return pairs
+    return [
+        pytest.param(first, second, id=f"{first}-then-{second}")
+        for first in VERBS
+        for second in VERBS
+    ]
 
 
 class TestBatchVerbs:

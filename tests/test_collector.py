@@ -1,0 +1,165 @@
+"""collector invariants: line splitting, positions, rotation and truncation, on real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from collector.collector import Collector
+from collector.lines import LineSplitter
+from ila_agent.clock import Clock
+from ila_agent.config import FileSource
+from queue_store.store import QueueStore
+
+
+class TestLineSplitter:
+    def test_offsets_count_raw_bytes(self) -> None:
+        """Each line carries the byte offset it starts at; CRLF and LF are stripped."""
+        sp = LineSplitter(100, 1000)
+        out = sp.feed("a\r\nbé\nc".encode())
+        assert out.texts == ["a", "bé"]
+        assert out.offsets == [100, 103]
+        assert out.end == 107 and sp.pending_bytes == 1
+
+    def test_line_split_across_feeds_is_one_line(self) -> None:
+        """Bytes of one line arriving in several reads make one line at the first offset."""
+        sp = LineSplitter(0, 1000)
+        assert sp.feed(b"hel").texts == []
+        out = sp.feed(b"lo\nnext\n")
+        assert (out.texts, out.offsets, out.end) == (["hello", "next"], [0, 6], 11)
+
+    def test_long_line_cut_and_memory_bounded(self) -> None:
+        """A line over max_line_bytes is cut and flagged; the splitter holds at most the max."""
+        sp = LineSplitter(0, 64)
+        for _ in range(1000):
+            sp.feed(b"z" * 1000)
+            assert len(sp._buf) <= 64
+        out = sp.feed(b"zz\nok\n")
+        assert out.texts == ["z" * 64, "ok"]
+        assert out.extras == {0: {"truncated": True, "original_bytes": 1_000_002}}
+        assert out.offsets == [0, 1_000_003]
+
+    def test_cut_inside_a_multibyte_character(self) -> None:
+        """A cut that splits a UTF-8 character drops the fragment rather than garbling it."""
+        sp = LineSplitter(0, 5)
+        out = sp.feed("aaaa€€\n".encode())
+        assert out.texts == ["aaaa"]
+        assert out.extras[0]["original_bytes"] == 10
+
+    def test_invalid_utf8_line_by_line(self) -> None:
+        """Only the invalid line gets raw_b64; its neighbours are decoded normally."""
+        sp = LineSplitter(0, 1000)
+        out = sp.feed(b"ok\n\xff\xfe\nfine\n")
+        assert out.texts == ["ok", "\ufffd\ufffd", "fine"]
+        assert out.extras == {1: {"raw_b64": "//4="}}
+
+    def test_flush_emits_pending_partial(self) -> None:
+        """flush emits the unterminated tail and moves the position past it."""
+        sp = LineSplitter(0, 1000)
+        sp.feed(b"done\npart")
+        out = sp.flush()
+        assert (out.texts, out.offsets, out.end) == (["part"], [5], 9)
+
+
+def make(tmp: Path, sources: list[str], *, first_start: bool, start: str = "end") -> Collector:
+    store = QueueStore(str(tmp / "b.db"))
+    return Collector(
+        store,
+        [FileSource(pattern=p) for p in sources],
+        batch_size=50,
+        max_line_bytes=1000,
+        partial_line_timeout=5,
+        start_position=start,
+        poll_interval=0.0,
+        clock=Clock(),
+        first_start=first_start,
+        use_inotify=False,
+    )
+
+
+def drain(c: Collector) -> list[tuple[str, str]]:
+    for _ in range(5):
+        c.step()
+    out = []
+    while (lease := c.store.lease(1000)) is not None:
+        out.extend((e.log_text, e.event_uid) for e in lease.entries)
+        lease.settled(lease.entries, dead=False)
+    return out
+
+
+def shutdown(c: Collector) -> None:
+    c.close()
+    c.store.close()
+
+
+class TestPositions:
+    def test_start_position_end_applies_at_first_start_only(self, tmp_path: Path) -> None:
+        """First start at "end" skips old lines; a later start resumes at the saved position."""
+        log = tmp_path / "a.log"
+        log.write_text("old1\nold2\n")
+        c = make(tmp_path, [str(log)], first_start=True)
+        c.start_up()
+        with open(log, "a") as f:
+            f.write("new1\n")
+        assert [t for t, _ in drain(c)] == ["new1"]
+        shutdown(c)
+        with open(log, "a") as f:
+            f.write("while-stopped\n")
+        c = make(tmp_path, [str(log)], first_start=False)
+        c.start_up()
+        assert [t for t, _ in drain(c)] == ["while-stopped"]
+        shutdown(c)
+
+    def test_file_appearing_later_read_from_beginning(self, tmp_path: Path) -> None:
+        """A file that appears after the first start is read from its beginning."""
+        c = make(tmp_path, [str(tmp_path / "*.log")], first_start=True)
+        c.start_up()
+        (tmp_path / "later.log").write_text("l1\nl2\n")
+        assert [t for t, _ in drain(c)] == ["l1", "l2"]
+        shutdown(c)
+
+    def test_identical_lines_have_distinct_uids_and_reread_keeps_them(self, tmp_path: Path) -> None:
+        """Same text at two offsets: two uids; a fresh buffer re-reading the file: same uids."""
+        log = tmp_path / "a.log"
+        log.write_text("same\nsame\n")
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning")
+        c.start_up()
+        first = drain(c)
+        shutdown(c)
+        assert len({u for _, u in first}) == 2
+        os.remove(tmp_path / "b.db")
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning")
+        c.start_up()
+        assert drain(c) == first
+        shutdown(c)
+
+
+class TestRotation:
+    def test_truncation_rereads_from_zero_with_new_uids(self, tmp_path: Path) -> None:
+        """copytruncate: a file shorter than its position is read again from 0, as new lines."""
+        log = tmp_path / "a.log"
+        log.write_text("one\ntwo\n")
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning")
+        c.start_up()
+        before = drain(c)
+        log.write_text("three\n")
+        after = drain(c)
+        assert [t for t, _ in after] == ["three"]
+        assert after[0][1] not in {u for _, u in before}
+        shutdown(c)
+
+    def test_rename_reads_old_to_end_then_new_from_start(self, tmp_path: Path) -> None:
+        """rename+create: lines written to the old file after the rename still arrive."""
+        log = tmp_path / "a.log"
+        log.write_text("a1\n")
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning")
+        c.start_up()
+        assert [t for t, _ in drain(c)] == ["a1"]
+        with open(log, "a") as old:
+            os.rename(log, tmp_path / "a.log.1")
+            log.write_text("b1\n")
+            c.step()
+            old.write("a2-late\n")
+        texts = [t for t, _ in drain(c)]
+        assert sorted(texts) == ["a2-late", "b1"]
+        shutdown(c)

@@ -1,0 +1,198 @@
+"""queue_store invariants, on real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.identity import FileId
+from ila_agent.errors import BufferFull, BufferLocked
+from queue_store.records import Checkpoint, Chunk, event_uid
+from queue_store.store import TABLE, QueueStore
+
+FID = FileId(1, 2, 10, "abc")
+
+
+def chunk(lines: list[str], start: int = 0, key: str = "k:0") -> Chunk:
+    offs, pos = [], start
+    for line in lines:
+        offs.append(pos)
+        pos += len(line) + 1
+    return Chunk("src", "/p", key, 1.0, lines, offs, {}, pos - start)
+
+
+def cp(offset: int) -> Checkpoint:
+    return Checkpoint(FID, 0, offset, "/p", "src")
+
+
+class TestCommit:
+    def test_lines_and_position_committed_together(self, tmp_path: Path) -> None:
+        """After a commit, a reopened store has both the lines and the position."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        s.commit([chunk(["a", "b"]), chunk(["c"], 4)], cp(6))
+        s.close()
+        s = QueueStore(str(tmp_path / "b.db"))
+        assert s.stats().pending == 3
+        assert [c.offset for c in s.checkpoints()] == [6]
+        s.close()
+
+    def test_items_are_json_not_pickle(self, tmp_path: Path) -> None:
+        """The data column holds JSON text."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        s.commit([chunk(["x"])], cp(2))
+        s.close()
+        con = sqlite3.connect(tmp_path / "b.db")
+        (data,) = con.execute(f"SELECT data FROM {TABLE}").fetchone()
+        assert json.loads(data)["lines"] == ["x"]
+
+    def test_tampered_pickle_item_never_runs(self, tmp_path: Path) -> None:
+        """A pickle payload planted in the buffer is not executed; it is set aside."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        s.commit([chunk(["good"])], cp(5))
+        s.close()
+        marker = tmp_path / "pwned"
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        con = sqlite3.connect(tmp_path / "b.db")
+        con.execute(
+            f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes) VALUES (?,?,1,1,1)",
+            (pickle.dumps(Evil()), 2.0),
+        )
+        con.commit()
+        con.close()
+        s = QueueStore(str(tmp_path / "b.db"))
+        lease = s.lease(50)
+        assert lease is not None and [e.log_text for e in lease.entries] == ["good"]
+        assert not marker.exists()
+        assert s.stats().dead_letter == 1
+        s.close()
+
+
+class TestLease:
+    def test_unacked_items_are_ready_again_after_a_crash(self, tmp_path: Path) -> None:
+        """Items leased by a process that died are pending again at the next open."""
+        db = tmp_path / "b.db"
+        s = QueueStore(str(db))
+        s.commit([chunk(["a", "b", "c"])], cp(6))
+        s.close()
+        code = (
+            "import os; from queue_store.store import QueueStore;"
+            f"s = QueueStore({str(db)!r}); l = s.lease(50); assert len(l.entries) == 3;"
+            "os._exit(0)"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+        s = QueueStore(str(db))
+        assert s.stats().pending == 3
+        lease = s.lease(50)
+        assert lease is not None and len(lease.entries) == 3
+        s.close()
+
+    def test_ack_only_when_every_entry_settled(self, tmp_path: Path) -> None:
+        """A lease is acked when all entries are delivered or dead; dead ones are kept."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        s.commit([chunk(["a", "b", "c"])], cp(6))
+        lease = s.lease(50)
+        assert lease is not None
+        lease.settled(lease.entries[:2], dead=False)
+        assert s.stats().pending == 3
+        lease.settled(lease.entries[2:], dead=True)
+        st = s.stats()
+        assert (st.pending, st.dead_letter) == (0, 1)
+        assert st.last_send_ok_at is not None
+        assert s.requeue_dead() == 1
+        again = s.lease(50)
+        assert again is not None and [e.log_text for e in again.entries] == ["c"]
+        assert again.entries[0].event_uid == event_uid("k:0", 4)
+        s.close()
+
+    def test_lease_respects_max_lines_and_order(self, tmp_path: Path) -> None:
+        """Leases take whole items in commit order, up to max_lines."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        for i in range(5):
+            s.commit([chunk([f"{i}a", f"{i}b"], i * 10)], None)
+        lease = s.lease(5)
+        assert lease is not None
+        assert [e.log_text for e in lease.entries] == ["0a", "0b", "1a", "1b"]
+        s.close()
+
+
+class TestBudget:
+    def test_drop_oldest_counts_every_drop(self, tmp_path: Path) -> None:
+        """Past buffer_max_bytes, the oldest pending lines are dropped and counted."""
+        s = QueueStore(str(tmp_path / "b.db"), max_bytes=100_000)
+        line = "x" * 999
+        for i in range(200):
+            s.commit([chunk([line], i * 1000)], None)
+        st = s.stats()
+        assert st.dropped > 0
+        assert st.pending + st.dropped == 200
+        assert st.pending_bytes <= 100_000
+        lease = s.lease(1)
+        assert lease is not None
+        assert lease.entries[0].event_uid == event_uid("k:0", st.dropped * 1000)
+        s.close()
+
+    def test_block_policy_refuses_until_room(self, tmp_path: Path) -> None:
+        """Policy block: a commit past the budget raises BufferFull; an ack makes room."""
+        s = QueueStore(str(tmp_path / "b.db"), max_bytes=70_000, full_policy="block")
+        line = "y" * 9_999
+        for i in range(7):
+            s.commit([chunk([line], i * 10_000)], None)
+        with pytest.raises(BufferFull):
+            s.commit([chunk([line], 70_000)], None)
+        assert s.stats().pending == 7 and s.stats().dropped == 0
+        lease = s.lease(1)
+        assert lease is not None
+        lease.settled(lease.entries, dead=False)
+        s.commit([chunk([line], 70_000)], None)
+        assert s.stats().pending == 7
+        s.close()
+
+
+class TestOwnership:
+    def test_second_owner_is_refused(self, tmp_path: Path) -> None:
+        """A second QueueStore on the same buffer raises BufferLocked naming the file."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        with pytest.raises(BufferLocked, match="already owns the buffer"):
+            QueueStore(str(tmp_path / "b.db"))
+        s.close()
+        QueueStore(str(tmp_path / "b.db")).close()
+
+    def test_close_twice_is_fine(self, tmp_path: Path) -> None:
+        """Closing twice does nothing the second time."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        s.close()
+        s.close()
+
+    def test_first_agent_buffer_is_imported(self, tmp_path: Path) -> None:
+        """Lines the first agent left in its log_buffer table are sent by this agent."""
+        db = tmp_path / "log_buffer.db"
+        con = sqlite3.connect(db)
+        con.execute(
+            "CREATE TABLE log_buffer (id INTEGER PRIMARY KEY AUTOINCREMENT, log_text TEXT,"
+            " source TEXT, timestamp TEXT, created_at REAL)"
+        )
+        con.executemany(
+            "INSERT INTO log_buffer (log_text, source, timestamp, created_at) VALUES (?,?,?,?)",
+            [(f"old {i}", "auth.log", "2026-01-01T00:00:00", 1.0) for i in range(3)],
+        )
+        con.commit()
+        con.close()
+        s = QueueStore(str(db))
+        assert s.migrate_legacy() == 3
+        assert s.migrate_legacy() == 0
+        lease = s.lease(50)
+        assert lease is not None
+        assert [e.log_text for e in lease.entries] == ["old 0", "old 1", "old 2"]
+        assert len({e.event_uid for e in lease.entries}) == 3
+        s.close()

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--port", type=int, default=8787)
     rc.add_argument("--api-key", default=None, help="key to require (default: env or change-me)")
     rc.add_argument("--db", default=None, help="SQLite file for received events (default: memory)")
+    rc.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
+    rc.add_argument("--tls-key", default=None, help="private key of --tls-cert (PEM)")
+    rc.add_argument("--tls-client-ca", default=None, help="require client certs from this CA")
     rc.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -195,4 +198,13 @@ def _receiver(args: argparse.Namespace) -> int:
     from ila_agent.receiver import serve
 
     key = args.api_key or os.environ.get("ILA_AGENT_API_KEY") or "change-me"
-    return serve(args.host, args.port, key, args.db, ready_file=args.ready_file)
+    return serve(
+        args.host,
+        args.port,
+        key,
+        args.db,
+        ready_file=args.ready_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+    )

@@ -35,6 +35,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import socketserver
 import sqlite3
 import struct
@@ -539,13 +540,28 @@ class ReceiverServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], receiver: Receiver) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        receiver: Receiver,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.receiver = receiver
+        self.ssl_context = ssl_context
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, ReceiverHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept; with TLS, wrap the socket (the handshake runs in the handler thread)."""
+        conn, addr = super().get_request()
+        if self.ssl_context is not None:
+            conn = self.ssl_context.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False
+            )
+        return conn, addr
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS look-up of the host."""
@@ -564,7 +580,8 @@ class ReceiverServer(ThreadingHTTPServer):
         """Base URL of this receiver."""
         host = str(self.server_address[0])
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def track(self, conn: socket.socket, *, add: bool) -> None:
         """Remember (or forget) an open client connection."""
@@ -956,11 +973,26 @@ def make_server(
     port: int = DEFAULT_PORT,
     api_key: str | None = DEFAULT_API_KEY,
     db_path: str | None = None,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
 ) -> ReceiverServer:
-    """A bound, listening receiver; call ``serve_forever()`` (port 0 picks a free port)."""
+    """A bound, listening receiver; call ``serve_forever()`` (port 0 picks a free port).
+
+    With ``tls_cert`` it speaks HTTPS; with ``tls_client_ca`` it also requires a client
+    certificate signed by that CA (mutual TLS).
+    """
+    context = None
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+        if tls_client_ca:
+            context.load_verify_locations(tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
     receiver = Receiver(api_key=api_key, db_path=db_path)
     try:
-        return ReceiverServer((host, port), receiver)
+        return ReceiverServer((host, port), receiver, context)
     except BaseException:
         receiver.close()
         raise
@@ -986,10 +1018,17 @@ def serve(
     api_key: str | None = DEFAULT_API_KEY,
     db_path: str | None = None,
     ready_file: str | None = None,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT (then return 0); 1 when the address cannot be bound."""
     try:
-        server = make_server(host, port, api_key, db_path)
+        server = make_server(
+            host, port, api_key, db_path,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+        )  # fmt: skip
     except OSError as exc:
         print(f"receiver: cannot listen on {host}:{port}: {exc}", file=sys.stderr, flush=True)
         return 1

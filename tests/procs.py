@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
+
+urllib3.disable_warnings()  # the tests' own admin calls to a receiver with a test CA
 
 API_KEY = "test-key-7f3a9c"
 PY = sys.executable
@@ -42,8 +45,16 @@ def wait_until(
 class ReceiverProc:
     """`ila-agent receiver` as a subprocess on a fixed port, so it can be stopped and restarted."""
 
-    def __init__(self, tmp: Path, port: int | None = None, api_key: str = API_KEY) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        port: int | None = None,
+        api_key: str = API_KEY,
+        tls: list[str] | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.tls = tls or []  # extra receiver arguments: --tls-cert ... --tls-client-ca ...
+        self.admin_cert: tuple[str, str] | None = None  # for the tests' GETs under mutual TLS
         self.port = port or free_port()
         self.api_key = api_key
         self.db = tmp / "received.db"
@@ -51,14 +62,14 @@ class ReceiverProc:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> ReceiverProc:
         ready = self.tmp / f"receiver-{self.port}.ready"
         ready.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [PY, "-m", "ila_agent", "receiver", "--port", str(self.port), "--api-key",
-             self.api_key, "--db", str(self.db), "--ready-file", str(ready)],
+             self.api_key, "--db", str(self.db), "--ready-file", str(ready), *self.tls],
             stdout=subprocess.DEVNULL,
             stderr=open(self.tmp / "receiver.err", "ab"),  # noqa: SIM115
         )  # fmt: skip
@@ -72,12 +83,16 @@ class ReceiverProc:
         self.proc = None
 
     def get(self, path: str, **params: Any) -> Any:
-        r = requests.get(self.url + path, params=params, timeout=10)
+        r = requests.get(
+            self.url + path, params=params, timeout=10, verify=False, cert=self.admin_cert
+        )
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        r = requests.post(self.url + path, json=body, timeout=10)
+        r = requests.post(
+            self.url + path, json=body, timeout=10, verify=False, cert=self.admin_cert
+        )
         r.raise_for_status()
         return r.json()
 

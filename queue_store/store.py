@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ READY = int(AckStatus.ready)
 UNACK = int(AckStatus.unack)
 ACKED = int(AckStatus.acked)
 DEAD = int(AckStatus.ack_failed)
+EXPORTED = 7  # written to a bundle; kept for the retention window, never sent by the forwarder
+STATES = {"pending": (0, READY, UNACK), "dead": (DEAD,), "acked": (ACKED,), "exported": (EXPORTED,)}
 QUEUE_NAME = "lines"
 TABLE = f"ack_queue_{QUEUE_NAME}"
 POLICIES = ("drop_oldest", "block")
@@ -48,7 +50,7 @@ class _ChunkQueue(SQLiteAckQueue):
         "{key_column} INTEGER PRIMARY KEY AUTOINCREMENT, "
         "data BLOB, timestamp FLOAT, status INTEGER, "
         "n_lines INTEGER NOT NULL DEFAULT 1, n_bytes INTEGER NOT NULL DEFAULT 0, "
-        "source TEXT, acked_at FLOAT)"
+        "source TEXT, acked_at FLOAT, owner INTEGER, leased_from INTEGER)"
     )
 
 
@@ -59,8 +61,34 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     generation INTEGER NOT NULL, offset INTEGER NOT NULL, updated_at FLOAT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS imported_uids (event_uid TEXT PRIMARY KEY);
 CREATE INDEX IF NOT EXISTS idx_{TABLE}_status ON {TABLE} (status, _id);
 """
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which items a lease may take: by state, up to an id, committed since, from a source."""
+
+    statuses: tuple[int, ...] = (0, READY)
+    upto_id: int | None = None
+    since: float | None = None
+    source: str | None = None
+
+    def where(self) -> tuple[str, tuple[Any, ...]]:
+        marks = ",".join("?" * len(self.statuses))
+        parts = [f"status IN ({marks})"]
+        params: list[Any] = list(self.statuses)
+        if self.upto_id is not None:
+            parts.append("_id <= ?")
+            params.append(self.upto_id)
+        if self.since is not None:
+            parts.append("timestamp >= ?")
+            params.append(self.since)
+        if self.source is not None:
+            parts.append("(source = ? OR source IS NULL)")
+            params.append(self.source)
+        return " AND ".join(parts), tuple(params)
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,8 @@ class QueueStore:
         acked_retention_s: float = 0.0,
         lock: bool = True,
     ) -> None:
+        """Open the buffer. ``lock=False`` is for CLI tools working beside a running agent:
+        no ownership lock, no quarantine (a corrupt file raises QueueCorrupt instead)."""
         if full_policy not in POLICIES:
             raise ValueError(f"full_policy must be one of {POLICIES}")
         self.path = os.path.abspath(path)
@@ -106,6 +136,7 @@ class QueueStore:
         self.full_policy = full_policy
         self.acked_retention_s = acked_retention_s
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self.owner = lock
         self._lock_fd = _take_lock(self.path + ".lock") if lock else None
         self.quarantined_to: str | None = None
         try:
@@ -119,7 +150,12 @@ class QueueStore:
         self._closed = False
         self.commit_event = self._q.put_event  # set at every commit: wakes the forwarder
         with self._tx, self._db:
+            cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({TABLE})")}
+            for col in ("owner", "leased_from"):  # a buffer made before leases had owners
+                if col not in cols:
+                    self._db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {col} INTEGER")
             self._db.executescript(_SCHEMA)
+        self._resume_orphans()
         if self.quarantined_to:
             self.set_meta("quarantined", f"{self.quarantined_to} at {_now_iso()}")
         self._total_bytes = self._sum_bytes()
@@ -131,6 +167,8 @@ class QueueStore:
         folder, name = os.path.split(self.path)
         os.makedirs(folder or ".", exist_ok=True)
         problem = _integrity_problem(self.path)
+        if problem is not None and not self.owner:
+            raise QueueCorrupt(f"{self.path}: {problem} (the agent quarantines it at start-up)")
         if problem is not None:
             self.quarantined_to = _quarantine(self.path)
             log.error(
@@ -147,7 +185,7 @@ class QueueStore:
                 auto_commit=True,
                 serializer=json_serializer,
                 db_file_name=name,
-                auto_resume=True,
+                auto_resume=False,
                 timeout=30.0,
             )
         except sqlite3.DatabaseError as exc:
@@ -155,6 +193,29 @@ class QueueStore:
         with contextlib.suppress(OSError):
             os.chmod(self.path, 0o600)
         return q
+
+    def _resume_orphans(self) -> None:
+        """Items leased by a process that is gone (a crash) go back to where they were."""
+        me = os.getpid()
+        with self._tx:
+            owners = [
+                r[0]
+                for r in self._db.execute(
+                    f"SELECT DISTINCT owner FROM {TABLE} WHERE status = ?", (UNACK,)
+                )
+            ]
+            gone = [o for o in owners if o is None or (o != me and not _alive(o))]
+            with self._db:
+                for o in gone:
+                    self._unlease_where("owner IS ?", (o,))
+
+    def _unlease_where(self, cond: str, params: tuple[Any, ...]) -> None:
+        # Back to the state it was leased from (ready, dead, acked or exported).
+        self._db.execute(
+            f"UPDATE {TABLE} SET status = COALESCE(leased_from, ?), owner = NULL,"
+            f" leased_from = NULL WHERE status = ? AND {cond}",
+            (READY, UNACK, *params),
+        )
 
     # -- the durable boundary -------------------------------------------------------------
 
@@ -266,14 +327,15 @@ class QueueStore:
             total += n
         return total, rows[0][1]
 
-    def lease(self, max_lines: int, *, dead: bool = False) -> Lease | None:
-        """Mark the oldest items (up to ``max_lines`` lines) in flight and decode them."""
-        want = DEAD if dead else UNACK
+    def lease(self, max_lines: int, selection: Selection | None = None) -> Lease | None:
+        """Mark the oldest selected items (up to ``max_lines`` lines) in flight, decoded."""
+        sel = selection or Selection()
+        where, params = sel.where()
+        me = os.getpid()
         with self._tx:
             rows = self._db.execute(
-                f"SELECT _id, data, n_lines FROM {TABLE} WHERE status {'=' if dead else '<'} ?"
-                " ORDER BY _id LIMIT ?",
-                (want, max_lines),
+                f"SELECT _id, data, n_lines FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
+                (*params, max_lines),
             ).fetchall()
             picked: list[tuple[int, bytes]] = []
             total = 0
@@ -287,20 +349,21 @@ class QueueStore:
             ids = [rid for rid, _ in picked]
             with self._db:
                 self._db.executemany(
-                    f"UPDATE {TABLE} SET status = ? WHERE _id = ?", [(UNACK, i) for i in ids]
+                    f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ? WHERE _id = ?",
+                    [(UNACK, me, i) for i in ids],
                 )
-            self._q.total = max(0, self._q.total - len(ids))
         entries: list[Entry] = []
-        bad: list[int] = []
+        bad: set[int] = set()
         for rid, data in picked:
             try:
                 entries.extend(decode_item(rid, data))
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
+                # Not ours (tampered or damaged): set aside as a dead letter, never executed.
                 log.error("item_undecodable", item=rid, error=str(exc)[:200])
-                bad.append(rid)
+                bad.add(rid)
         if bad:
-            self._set_status(bad, DEAD)
-        good = [i for i in ids if i not in set(bad)]
+            self._set_status(sorted(bad), DEAD)
+        good = [i for i in ids if i not in bad]
         if not good:
             return None
         return Lease(self, good, entries)
@@ -318,7 +381,8 @@ class QueueStore:
                 return  # shutting down: left unacked, resent after restart (at-least-once)
             with self._db:
                 self._db.executemany(
-                    f"UPDATE {TABLE} SET status = ?, acked_at = ? WHERE _id = ?",
+                    f"UPDATE {TABLE} SET status = ?, acked_at = ?, owner = NULL,"
+                    " leased_from = NULL WHERE _id = ?",
                     [(ACKED, now, i) for i in lease.item_ids],
                 )
                 if dead_rows:
@@ -336,8 +400,56 @@ class QueueStore:
             self._room.notify_all()
 
     def release(self, lease: Lease) -> None:
-        """Put leased items back to ready (shutdown, or a lease given up)."""
-        self._set_status(lease.item_ids, READY)
+        """Leased items back to the state they were leased from (shutdown, given up)."""
+        self.release_ids(lease.item_ids)
+
+    def release_ids(self, ids: Sequence[int]) -> None:
+        with self._tx:
+            if self._closed:
+                return
+            with self._db:
+                for start in range(0, len(ids), 500):
+                    part = tuple(ids[start : start + 500])
+                    self._unlease_where(f"_id IN ({','.join('?' * len(part))})", part)
+
+    def mark_exported(self, ids: Sequence[int]) -> None:
+        """Items written to a bundle: kept (retention window), never sent by the forwarder."""
+        now = time.time()
+        with self._tx, self._db:
+            self._db.executemany(
+                f"UPDATE {TABLE} SET status = ?, acked_at = ?, owner = NULL, leased_from = NULL"
+                " WHERE _id = ?",
+                [(EXPORTED, now, i) for i in ids],
+            )
+
+    def import_entries(self, entries: Iterable[dict[str, Any]], per_item: int) -> tuple[int, int]:
+        """Entries from a bundle, in one transaction; an event_uid seen before is skipped."""
+        dumps = json_serializer.dumps
+        added = skipped = 0
+        now = time.time()
+        item: list[dict[str, Any]] = []
+        insert = (
+            f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        with self._tx, self._db:
+            for e in entries:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO imported_uids (event_uid) VALUES (?)", (e["event_uid"],)
+                )
+                if cur.rowcount == 0:
+                    skipped += 1
+                    continue
+                item.append(e)
+                added += 1
+                if len(item) >= per_item:
+                    self._db.execute(insert, _entries_row(item, now, dumps))
+                    item = []
+            if item:
+                self._db.execute(insert, _entries_row(item, now, dumps))
+            self._total_bytes = self._sum_bytes()
+        self._q.put_event.set()
+        return added, skipped
 
     def _set_status(self, ids: Sequence[int], status: int) -> None:
         with self._tx:
@@ -345,7 +457,9 @@ class QueueStore:
                 return
             with self._db:
                 self._db.executemany(
-                    f"UPDATE {TABLE} SET status = ? WHERE _id = ?", [(status, i) for i in ids]
+                    f"UPDATE {TABLE} SET status = ?, owner = NULL, leased_from = NULL"
+                    " WHERE _id = ?",
+                    [(status, i) for i in ids],
                 )
 
     def requeue_dead(self) -> int:
@@ -403,8 +517,8 @@ class QueueStore:
         with self._tx:
             with self._db:
                 self._db.execute(
-                    f"DELETE FROM {TABLE} WHERE status = ? AND acked_at < ?",
-                    (ACKED, time.time() - self.acked_retention_s),
+                    f"DELETE FROM {TABLE} WHERE status IN (?, ?) AND acked_at < ?",
+                    (ACKED, EXPORTED, time.time() - self.acked_retention_s),
                 )
             self._total_bytes = self._sum_bytes()
 
@@ -464,9 +578,9 @@ class QueueStore:
             if self._closed:
                 return
             self._closed = True
-            # Leased items go back to ready, so status shows them pending.
+            # Our leased items go back, so status shows them pending; a replay's stay its own.
             with self._db:
-                self._db.execute(f"UPDATE {TABLE} SET status = ? WHERE status = ?", (READY, UNACK))
+                self._unlease_where("(owner = ? OR owner IS NULL)", (os.getpid(),))
             self._q.close()
         self._release_lock()
 
@@ -586,6 +700,16 @@ def _locked_message(lock_path: str) -> str:
     return f"another ila-agent process{owner} already owns the buffer {lock_path[:-5]}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _nbytes(e: Entry) -> int:
     return len(e.log_text.encode("utf-8", "replace"))
 
@@ -598,3 +722,8 @@ def _iso_ms(epoch: float) -> str:
 
 def _now_iso() -> str:
     return _iso_ms(time.time())
+
+
+def _entries_row(item: list[dict[str, Any]], now: float, dumps: Any) -> tuple[Any, ...]:
+    nbytes = sum(len(str(e.get("log_text", "")).encode("utf-8", "replace")) for e in item)
+    return (dumps({"v": 1, "entries": item}), now, READY, len(item), nbytes, item[0].get("source"))

@@ -28,7 +28,7 @@ from forwarder.transport import USER_AGENT, Transport, TransportSettings
 from ila_agent.clock import rfc3339_ms
 from queue_store.batch import Batch, BatchSettledTwice, Lease
 from queue_store.records import Entry
-from queue_store.store import QueueStore
+from queue_store.store import DEAD, QueueStore, Selection
 from tests.fakes import (
     FakeClock,
     LogFeed,
@@ -265,7 +265,7 @@ class TestSplit:
         rig.forwarder.step(flush=True)
         stats = rig.store.stats()
         assert (stats.pending, stats.dead_letter) == (0, 1)
-        dead = rig.store.lease(10, dead=True)
+        dead = rig.store.lease(10, Selection(statuses=(DEAD,)))
         assert dead is not None
         assert [e.event_uid for e in dead.entries] == uids
 
@@ -290,7 +290,7 @@ class TestRejected:
 
         stats = rig.store.stats()
         assert (stats.pending, stats.dead_letter) == (0, 1)
-        dead = rig.store.lease(10, dead=True)
+        dead = rig.store.lease(10, Selection(statuses=(DEAD,)))
         assert dead is not None
         assert [(e.event_uid, e.log_text) for e in dead.entries] == [(bad, rig.feed.texts[5])]
         assert (rig.forwarder.sent_lines, rig.forwarder.dead_lines) == (7, 1)

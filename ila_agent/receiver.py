@@ -35,9 +35,9 @@ import json
 import os
 import signal
 import socket
-import ssl
 import socketserver
 import sqlite3
+import ssl
 import struct
 import sys
 import tempfile

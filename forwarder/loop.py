@@ -16,7 +16,7 @@ from forwarder.transport import Transport
 from ila_agent.clock import Clock
 from ila_agent.errors import TransientSendError
 from queue_store.batch import Batch
-from queue_store.store import QueueStore
+from queue_store.store import QueueStore, Selection
 
 log = structlog.get_logger("forwarder")
 
@@ -40,6 +40,7 @@ class Forwarder:
         clock: Clock,
         health: SendHealth | None = None,
         wake: threading.Event | None = None,
+        selection: Selection | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -56,6 +57,8 @@ class Forwarder:
         self.dead_lines = 0
         self.health = health or SendHealth(lambda v: store.set_meta("last_error", v), clock.wall)
         self._auth_streak = False
+        self.selection = selection  # replay: exactly these items, no batch_interval wait
+        self.exhausted = False
 
     def run(self) -> None:
         while not self.clock.stopped:
@@ -87,6 +90,13 @@ class Forwarder:
 
     def _lease(self, flush: bool) -> float | None:
         """Take the next batch from the store; the wait instead when none is due yet."""
+        if self.selection is not None:
+            lease = self.store.lease(self.batch_size, self.selection)
+            if lease is None:
+                self.exhausted = True
+                return IDLE_WAIT
+            self.work.append(Batch(lease, lease.entries))
+            return None
         lines, oldest = self.store.ready_head(self.batch_size)
         if lines == 0 or oldest is None:
             return IDLE_WAIT

@@ -1,14 +1,12 @@
-"""The command line: run, check-config, status, receiver (see ../docs and `ila-agent --help`)."""
+"""The command line: run, check-config, status, inspect, replay, export, import, receiver."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ila_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from ila_agent.errors import AgentError, BufferLocked, ConfigError
@@ -19,9 +17,13 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 EPILOG = """exit codes:
-  0  success (run: stopped by SIGTERM/SIGINT)
-  1  runtime failure (buffer owned by another process, a thread crashed, ...)
+  0  success (run: stopped by SIGTERM/SIGINT; replay: everything it tried was accepted)
+  1  runtime failure (buffer owned by another agent, a bundle rejected, a replay that
+     left entries unsent or dead-lettered, a thread crashed, ...)
   2  configuration error (the message names the file and the key)
+
+Progress bars appear only when stdout is a terminal; `--json` and `inspect` output stays
+machine-readable.
 """
 
 
@@ -36,14 +38,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help=f"config file (default ./{DEFAULT_CONFIG_PATH})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument("--config", default=argparse.SUPPRESS, help="config file")
         return sp
 
-    with_config(sub.add_parser("run", help="run the agent in the foreground"))
-    with_config(sub.add_parser("check-config", help="validate and print the configuration"))
-    st = with_config(sub.add_parser("status", help="buffer depth, positions, last send"))
+    cmd("run", "run the agent in the foreground until SIGTERM/SIGINT")
+    cmd("check-config", "validate and print the effective configuration (key redacted)")
+    st = cmd("status", "buffer depth, positions, last send; works while the agent runs")
     st.add_argument("--json", action="store_true", help="one JSON object")
+    ins = cmd("inspect", "print buffered entries as JSON lines")
+    ins.add_argument(
+        "--state", choices=("pending", "dead", "acked", "exported", "all"), default="pending"
+    )
+    ins.add_argument("--source", default=None, help="only this source name")
+    ins.add_argument("--since", default=None, help="RFC 3339 time, epoch, or age (2h, 30m)")
+    ins.add_argument("--limit", type=int, default=None, help="at most N entries")
+    rp = cmd("replay", "send what is buffered now, then exit")
+    rp.add_argument("--dead-letter", action="store_true", help="the dead letters too")
+    rp.add_argument("--acked", action="store_true", help="re-send acked history (with --since)")
+    rp.add_argument("--since", default=None, help="only entries committed since (RFC 3339/age)")
+    rp.add_argument("--server-url", default=None, help="send to this server instead")
+    rp.add_argument("--max-failures", type=int, default=5, help="give up after N failures")
+    ex = cmd("export", "write pending entries to a bundle (air-gapped hosts)")
+    ex.add_argument("bundle", help="bundle file to write")
+    ex.add_argument("--all", action="store_true", help="also entries exported before")
+    im = cmd("import", "put a bundle's entries into this agent's buffer")
+    im.add_argument("bundle", help="bundle file to read")
     rc = sub.add_parser("receiver", help="reference ILA-SOC receiver for trying the agent")
     rc.add_argument("--host", default="127.0.0.1")
     rc.add_argument("--port", type=int, default=8787)
@@ -64,19 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "receiver":
             return _receiver(args)
         cfg = load_config(config_path)
-        if command == "run":
-            return _run(cfg)
-        if command == "check-config":
-            return _check_config(cfg)
-        if command == "status":
-            return _status(cfg, as_json=args.json)
+        handler = {
+            "run": _run,
+            "check-config": _check_config,
+            "status": _status,
+            "inspect": _inspect,
+            "replay": _replay,
+            "export": _export,
+            "import": _import,
+        }[command]
+        return handler(cfg, args)
     except ConfigError as exc:
         print(f"ila-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except BufferLocked as exc:
-        print(f"ila-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except AgentError as exc:
+    except (BufferLocked, AgentError) as exc:
         print(f"ila-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:
@@ -84,12 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ila-agent: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return EXIT_OK
-    print(f"ila-agent: unknown command {command}", file=sys.stderr)
-    return EXIT_CONFIG
+        return EXIT_FAILED
 
 
-def _run(cfg: AgentConfig) -> int:
+def _run(cfg: AgentConfig, _args: argparse.Namespace) -> int:
     from ila_agent.agent import Agent, install_signal_handlers
     from ila_agent.logging_setup import setup_logging
 
@@ -100,7 +120,7 @@ def _run(cfg: AgentConfig) -> int:
     return agent.run()
 
 
-def _check_config(cfg: AgentConfig) -> int:
+def _check_config(cfg: AgentConfig, _args: argparse.Namespace) -> int:
     print(json.dumps(cfg.redacted(), indent=2))
     if cfg.collect_only:
         print("note: no server_url: collect-only mode (lines are buffered, never sent)")
@@ -112,85 +132,119 @@ def _check_config(cfg: AgentConfig) -> int:
     return EXIT_OK
 
 
-def status_report(cfg: AgentConfig) -> dict[str, Any]:
-    """The status object (read-only: never blocks the running agent)."""
-    from queue_store.store import open_readonly, read_stats
+def _status(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    from ila_agent.buffer_tools import format_status, status_report
 
-    report: dict[str, Any] = {
-        "buffer_db": cfg.buffer_db,
-        "mode": "collect-only" if cfg.collect_only else "forwarding",
-        "server_url": cfg.server_url,
-    }
-    try:
-        con = open_readonly(cfg.buffer_db)
-    except FileNotFoundError:
-        con = None
-    checkpoints: list[tuple[str, str, int]] = []
-    if con is None:
-        report.update(
-            pending=0, pending_bytes=0, oldest_pending_age_s=None, dead_letter=0, dropped=0,
-            exported=0, last_send_ok_at=None, last_error=None, quarantined=None,
-        )  # fmt: skip
-    else:
-        try:
-            stats = read_stats(con)
-            checkpoints = con.execute(
-                "SELECT source, path, offset FROM checkpoints ORDER BY updated_at"
-            ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise AgentError(f"cannot read the buffer {cfg.buffer_db}: {exc}") from exc
-        finally:
-            con.close()
-        report.update(
-            pending=stats.pending,
-            pending_bytes=stats.pending_bytes,
-            oldest_pending_age_s=stats.oldest_pending_age_s,
-            dead_letter=stats.dead_letter,
-            dropped=stats.dropped,
-            exported=0,
-            last_send_ok_at=stats.last_send_ok_at,
-            last_error=stats.last_error,
-            quarantined=stats.quarantined,
-        )
-    sources = []
-    for source, path, offset in checkpoints:
-        try:
-            size: int | None = os.stat(path).st_size
-        except OSError:
-            size = None
-        lag = None if size is None else max(0, size - offset)
-        sources.append(
-            {"source": source, "path": path, "position": offset, "size": size, "lag_bytes": lag}
-        )
-    report["sources"] = sources
-    return report
-
-
-def _status(cfg: AgentConfig, *, as_json: bool) -> int:
     report = status_report(cfg)
-    if as_json:
-        print(json.dumps(report))
+    print(json.dumps(report) if args.json else format_status(report))
+    return EXIT_OK
+
+
+def _inspect(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    from ila_agent.agent import agent_info
+    from ila_agent.buffer_tools import inspect, parse_since
+
+    since = parse_since(args.since) if args.since else None
+    hostname = agent_info(cfg, "").hostname
+    inspect(
+        cfg, state=args.state, source=args.source, since=since, limit=args.limit,
+        out=sys.stdout, hostname=hostname,
+    )  # fmt: skip
+    return EXIT_OK
+
+
+def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    from forwarder.replay import replay
+    from ila_agent.agent import agent_info, resolve_agent_id, transport_for
+    from ila_agent.buffer_tools import open_tool_store, parse_since
+    from ila_agent.clock import Clock
+    from ila_agent.config import parse_server_url
+    from ila_agent.progress import Progress
+    from queue_store.store import ACKED, DEAD, READY, Selection
+
+    server_url = cfg.server_url
+    if args.server_url:
+        server_url = parse_server_url(args.server_url, origin="--server-url")
+    if server_url is None:
+        raise AgentError("replay needs a server: set server_url or pass --server-url")
+    if cfg.api_key is None:
+        raise ConfigError(cfg.config_path, "api_key", "missing: replay needs the API key")
+    if args.acked and not args.since:
+        raise AgentError("--acked needs --since (how far back to re-send acked history)")
+    since = parse_since(args.since) if args.since else None
+    statuses: tuple[int, ...] = (ACKED,) if args.acked else (0, READY)
+    if args.dead_letter:
+        statuses += (DEAD,)
+    store = open_tool_store(cfg)
+    try:
+        selection = Selection(statuses=statuses, upto_id=store.max_id(), since=since)
+        total = store.count(selection)
+        info = agent_info(cfg, resolve_agent_id(cfg))
+        progress = Progress("replaying", total)
+        result = replay(
+            store, transport_for(cfg, server_url), info, selection=selection,
+            batch_size=cfg.batch_size, retry_cap=min(cfg.retry_interval, 5.0), clock=Clock(),
+            total=total, max_failures=max(1, args.max_failures), progress=progress,
+        )  # fmt: skip
+        progress.done()
+    finally:
+        store.close()
+    summary = (
+        f"replay: {total} selected, {result.accepted} accepted, "
+        f"{result.dead_lettered} dead-lettered, {result.left} not sent"
+    )
+    if result.error:
+        summary += f" (last error: {result.error})"
+    print(summary, file=sys.stderr if not result.ok else sys.stdout)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _export(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    from ila_agent.agent import agent_info, resolve_agent_id
+    from ila_agent.buffer_tools import open_tool_store, read_hmac_key
+    from ila_agent.progress import Progress
+    from queue_store.bundle import count_exportable, export_bundle
+
+    key = read_hmac_key(cfg)
+    info = agent_info(cfg, resolve_agent_id(cfg))
+    store = open_tool_store(cfg)
+    try:
+        progress = Progress("exporting", count_exportable(store, args.all))
+        result = export_bundle(
+            store, args.bundle, agent_id=info.agent_id, hostname=info.hostname,
+            include_exported=args.all, hmac_key=key, progress=progress,
+        )  # fmt: skip
+        progress.done()
+    finally:
+        store.close()
+    if result.count == 0:
+        print("export: nothing to export (no pending entries); no bundle written")
         return EXIT_OK
-    age = report["oldest_pending_age_s"]
-    lines = [
-        f"mode:            {report['mode']}" + (f" → {cfg.server_url}" if cfg.server_url else ""),
-        f"buffer:          {report['buffer_db']}",
-        f"pending:         {report['pending']} entries ({report['pending_bytes']} bytes)",
-        f"oldest pending:  {'-' if age is None else f'{age:.1f} s'}",
-        f"dead letters:    {report['dead_letter']}",
-        f"dropped:         {report['dropped']}",
-        f"last send ok:    {report['last_send_ok_at'] or '-'}",
-        f"last error:      {report['last_error'] or '-'}",
-    ]
-    if report.get("quarantined"):
-        lines.append(f"QUARANTINED:     {report['quarantined']}")
-    lines.append("")
-    lines.append(f"{'SOURCE':<40} {'POSITION':>12} {'SIZE':>12} {'LAG':>10}")
-    for s in report["sources"]:
-        size = "-" if s["size"] is None else str(s["size"])
-        lag = "-" if s["lag_bytes"] is None else str(s["lag_bytes"])
-        lines.append(f"{s['source'][:40]:<40} {s['position']:>12} {size:>12} {lag:>10}")
-    print("\n".join(lines))
+    signed = "signed" if key else "unsigned"
+    print(f"export: {result.count} entries written to {result.path} ({signed})")
+    return EXIT_OK
+
+
+def _import(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    from ila_agent.buffer_tools import open_tool_store, read_hmac_key
+    from ila_agent.progress import Progress
+    from queue_store.bundle import import_bundle, read_manifest
+
+    key = read_hmac_key(cfg)
+    manifest = read_manifest(args.bundle, key)
+    store = open_tool_store(cfg)
+    try:
+        progress = Progress("importing", int(manifest["count"]))
+        manifest, added, skipped = import_bundle(
+            store, args.bundle, hmac_key=key, per_item=cfg.batch_size, progress=progress
+        )
+        progress.done()
+    finally:
+        store.close()
+    print(
+        f"import: {added} entries added from agent {manifest['agent_id']}"
+        f" ({manifest.get('hostname')}), {skipped} already imported before"
+    )
     return EXIT_OK
 
 

@@ -105,6 +105,7 @@ class AgentConfig:
     tls_ca_file: str | None = None
     tls_client_cert: str | None = None
     tls_client_key: str | None = None
+    bundle_hmac_key_file: str | None = None
     log_level: str = "info"
     unknown_keys: tuple[str, ...] = ()
 
@@ -222,7 +223,7 @@ KNOWN_KEYS = frozenset(
         "connect_timeout", "request_timeout", "max_retries", "max_line_bytes",
         "partial_line_timeout", "buffer_max_bytes", "buffer_full_policy", "poll_interval",
         "acked_retention_hours", "compression", "tls_ca_file", "tls_client_cert",
-        "tls_client_key", "log_level",
+        "tls_client_key", "log_level", "bundle_hmac_key_file",
     }
 )  # fmt: skip
 
@@ -306,6 +307,7 @@ def parse_config(
             "acked_retention_hours", DEFAULT_ACKED_RETENTION_HOURS, minimum=-1e-9
         ),
         compression=r.choice("compression", None, COMPRESSIONS),
+        bundle_hmac_key_file=r.path("bundle_hmac_key_file", None),
         log_level=log_level,
         unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)),
         **tls,
@@ -330,6 +332,11 @@ def _server_url(r: _Reader) -> str | None:
     except ValueError:
         raise r.error("server_url", f"has an invalid port: {url!r}") from None
     return url.strip().rstrip("/")
+
+
+def parse_server_url(url: str, *, origin: str) -> str | None:
+    """Validate a server URL given outside the file (``origin`` names where, for errors)."""
+    return _server_url(_Reader(origin, {"server_url": url}, Path(".")))
 
 
 def _api_key(r: _Reader) -> tuple[str | None, str | None]:

@@ -36,7 +36,13 @@ UNACK = int(AckStatus.unack)
 ACKED = int(AckStatus.acked)
 DEAD = int(AckStatus.ack_failed)
 EXPORTED = 7  # written to a bundle; kept for the retention window, never sent by the forwarder
-STATES = {"pending": (0, READY, UNACK), "dead": (DEAD,), "acked": (ACKED,), "exported": (EXPORTED,)}
+STAGE_ENTRIES = 5000  # entries per short transaction of an import
+IMPORTING = 8  # staged by an import in progress; becomes ready when the whole bundle is in
+STATES = {"pending": (0, READY), "dead": (DEAD,), "acked": (ACKED,), "exported": (EXPORTED,)}
+# An item in flight counts in the state it was leased from.
+EFFECTIVE_STATE = (
+    f"(CASE WHEN status = {UNACK} THEN COALESCE(leased_from, {READY}) ELSE status END)"
+)
 QUEUE_NAME = "lines"
 TABLE = f"ack_queue_{QUEUE_NAME}"
 POLICIES = ("drop_oldest", "block")
@@ -61,7 +67,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     generation INTEGER NOT NULL, offset INTEGER NOT NULL, updated_at FLOAT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS imported_uids (event_uid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS imported_uids (event_uid TEXT PRIMARY KEY, pending INTEGER);
 CREATE INDEX IF NOT EXISTS idx_{TABLE}_status ON {TABLE} (status, _id);
 """
 
@@ -101,6 +107,7 @@ class BufferStats:
     dead_letter: int
     dropped: int
     acked_kept: int
+    exported: int
     last_send_ok_at: str | None
     last_error: str | None
     quarantined: str | None
@@ -205,9 +212,24 @@ class QueueStore:
                 )
             ]
             gone = [o for o in owners if o is None or (o != me and not _alive(o))]
+            importers = [
+                r[0]
+                for r in self._db.execute(
+                    f"SELECT DISTINCT owner FROM {TABLE} WHERE status = ?", (IMPORTING,)
+                )
+            ]
+            importers += [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT DISTINCT pending FROM imported_uids WHERE pending IS NOT NULL"
+                )
+            ]
             with self._db:
                 for o in gone:
                     self._unlease_where("owner IS ?", (o,))
+                for o in set(importers):
+                    if o is None or (o != me and not _alive(o)):
+                        self._drop_staged(o)  # an import that died half-way: none of it
 
     def _unlease_where(self, cond: str, params: tuple[Any, ...]) -> None:
         # Back to the state it was leased from (ready, dead, acked or exported).
@@ -412,6 +434,20 @@ class QueueStore:
                     part = tuple(ids[start : start + 500])
                     self._unlease_where(f"_id IN ({','.join('?' * len(part))})", part)
 
+    def count(self, selection: Selection) -> int:
+        """Lines in the selected items."""
+        where, params = selection.where()
+        with self._tx:
+            row = self._db.execute(
+                f"SELECT COALESCE(SUM(n_lines), 0) FROM {TABLE} WHERE {where}", params
+            ).fetchone()
+        return int(row[0])
+
+    def max_id(self) -> int:
+        """The newest item's id: a snapshot bound for replay and export."""
+        with self._tx:
+            return int(self._db.execute(f"SELECT COALESCE(MAX(_id), 0) FROM {TABLE}").fetchone()[0])
+
     def mark_exported(self, ids: Sequence[int]) -> None:
         """Items written to a bundle: kept (retention window), never sent by the forwarder."""
         now = time.time()
@@ -423,33 +459,79 @@ class QueueStore:
             )
 
     def import_entries(self, entries: Iterable[dict[str, Any]], per_item: int) -> tuple[int, int]:
-        """Entries from a bundle, in one transaction; an event_uid seen before is skipped."""
-        dumps = json_serializer.dumps
+        """Entries from a bundle: all of them or none; an event_uid seen before is skipped.
+
+        Staged in short transactions (a running agent keeps committing meanwhile) and made
+        ready in one; if ``entries`` raises (a bad bundle), everything staged is removed.
+        """
+        me = os.getpid()
         added = skipped = 0
-        now = time.time()
-        item: list[dict[str, Any]] = []
-        insert = (
-            f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
-            " VALUES (?, ?, ?, ?, ?, ?)"
-        )
-        with self._tx, self._db:
+        try:
+            item: list[dict[str, Any]] = []
+            rows: list[tuple[Any, ...]] = []
+            uids: list[tuple[str, int]] = []
             for e in entries:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO imported_uids (event_uid) VALUES (?)", (e["event_uid"],)
-                )
-                if cur.rowcount == 0:
-                    skipped += 1
-                    continue
+                uids.append((e["event_uid"], me))
                 item.append(e)
-                added += 1
                 if len(item) >= per_item:
-                    self._db.execute(insert, _entries_row(item, now, dumps))
+                    rows.append(_entries_row(item))
                     item = []
+                if len(uids) >= STAGE_ENTRIES:
+                    a, k = self._stage(rows, uids)
+                    added, skipped, rows, uids = added + a, skipped + k, [], []
             if item:
-                self._db.execute(insert, _entries_row(item, now, dumps))
+                rows.append(_entries_row(item))
+            a, k = self._stage(rows, uids)
+            added, skipped = added + a, skipped + k
+        except BaseException:
+            with self._tx, self._db:
+                self._drop_staged(me)
+            raise
+        with self._tx, self._db:
+            self._db.execute(
+                f"UPDATE {TABLE} SET status = ?, owner = NULL WHERE status = ? AND owner = ?",
+                (READY, IMPORTING, me),
+            )
+            self._db.execute("UPDATE imported_uids SET pending = NULL WHERE pending = ?", (me,))
             self._total_bytes = self._sum_bytes()
         self._q.put_event.set()
         return added, skipped
+
+    def _stage(self, rows: list[tuple[Any, ...]], uids: list[tuple[str, int]]) -> tuple[int, int]:
+        """One short transaction: new uids recorded, items whose entries are all new staged."""
+        if not uids:
+            return 0, 0
+        added = skipped = 0
+        with self._tx, self._db:
+            fresh: set[str] = set()
+            for uid, me in uids:
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO imported_uids (event_uid, pending) VALUES (?, ?)",
+                    (uid, me),
+                )
+                if cur.rowcount:
+                    fresh.add(uid)
+            for data, n_lines, n_bytes, source, entries in rows:
+                keep = [e for e in entries if e["event_uid"] in fresh]
+                fresh.difference_update(e["event_uid"] for e in keep)
+                skipped += n_lines - len(keep)
+                if not keep:
+                    continue
+                if len(keep) != n_lines:
+                    data, n_lines, n_bytes, source, _ = _entries_row(keep)
+                added += n_lines
+                self._db.execute(
+                    f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source,"
+                    " owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (data, time.time(), IMPORTING, n_lines, n_bytes, source, uids[0][1]),
+                )
+        return added, skipped
+
+    def _drop_staged(self, pid: int | None) -> None:
+        cond = "owner IS ?" if pid is None else "owner = ?"
+        self._db.execute(f"DELETE FROM {TABLE} WHERE status = ? AND {cond}", (IMPORTING, pid))
+        cond = "pending IS NOT NULL" if pid is None else "pending = ?"
+        self._db.execute(f"DELETE FROM imported_uids WHERE {cond}", () if pid is None else (pid,))
 
     def _set_status(self, ids: Sequence[int], status: int) -> None:
         with self._tx:
@@ -608,22 +690,24 @@ def decode_item(item_id: int, data: bytes) -> Iterator[Entry]:
 def read_stats(db: sqlite3.Connection, now: float | None = None) -> BufferStats:
     """The buffer's figures from any connection (the agent's, or status's read-only one)."""
     now = time.time() if now is None else now
-    pending, pbytes, oldest = db.execute(
-        f"SELECT COALESCE(SUM(n_lines),0), COALESCE(SUM(n_bytes),0), MIN(timestamp)"
-        f" FROM {TABLE} WHERE status IN (0, {READY}, {UNACK})"
-    ).fetchone()
-    dead, acked = db.execute(
-        f"SELECT COALESCE(SUM(CASE WHEN status={DEAD} THEN n_lines END),0),"
-        f" COALESCE(SUM(CASE WHEN status={ACKED} THEN n_lines END),0) FROM {TABLE}"
-    ).fetchone()
+    by_state: dict[int, tuple[int, int, float | None]] = {
+        int(state): (int(n), int(nb), oldest)
+        for state, n, nb, oldest in db.execute(
+            f"SELECT {EFFECTIVE_STATE} AS st, COALESCE(SUM(n_lines),0),"
+            f" COALESCE(SUM(n_bytes),0), MIN(timestamp) FROM {TABLE} GROUP BY st"
+        )
+    }
+    pending = [by_state[s] for s in (0, READY) if s in by_state]
+    oldest_ts = [o for _, _, o in pending if o is not None]
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     return BufferStats(
-        pending=int(pending),
-        pending_bytes=int(pbytes),
-        oldest_pending_age_s=None if oldest is None else round(max(0.0, now - oldest), 3),
-        dead_letter=int(dead),
+        pending=sum(n for n, _, _ in pending),
+        pending_bytes=sum(nb for _, nb, _ in pending),
+        oldest_pending_age_s=round(max(0.0, now - min(oldest_ts)), 3) if oldest_ts else None,
+        dead_letter=by_state.get(DEAD, (0, 0, None))[0],
         dropped=int(meta.get("dropped") or 0),
-        acked_kept=int(acked),
+        acked_kept=by_state.get(ACKED, (0, 0, None))[0],
+        exported=by_state.get(EXPORTED, (0, 0, None))[0],
         last_send_ok_at=meta.get("last_send_ok_at"),
         last_error=meta.get("last_error"),
         quarantined=meta.get("quarantined"),
@@ -724,6 +808,8 @@ def _now_iso() -> str:
     return _iso_ms(time.time())
 
 
-def _entries_row(item: list[dict[str, Any]], now: float, dumps: Any) -> tuple[Any, ...]:
+def _entries_row(item: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """(data, n_lines, n_bytes, source, entries) of an item of explicit entries."""
     nbytes = sum(len(str(e.get("log_text", "")).encode("utf-8", "replace")) for e in item)
-    return (dumps({"v": 1, "entries": item}), now, READY, len(item), nbytes, item[0].get("source"))
+    data = json_serializer.dumps({"v": 1, "entries": item})
+    return (data, len(item), nbytes, item[0].get("source"), item)

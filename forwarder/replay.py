@@ -1,0 +1,90 @@
+"""Replay: send a chosen part of the buffer now and stop, beside a running agent or alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from forwarder.health import SendHealth
+from forwarder.loop import Forwarder
+from forwarder.registrar import AgentInfo, Registrar
+from forwarder.retry import RetryPolicy
+from forwarder.transport import Reply, Transport
+from ila_agent.clock import Clock
+from queue_store.store import QueueStore, Selection
+
+log = structlog.get_logger("replay")
+
+DEFAULT_MAX_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    accepted: int
+    dead_lettered: int
+    left: int  # entries it tried but could not get accepted (back in the buffer)
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.dead_lettered == 0 and self.left == 0 and self.error is None
+
+
+def replay(
+    store: QueueStore,
+    transport: Transport,
+    info: AgentInfo,
+    *,
+    selection: Selection,
+    batch_size: int,
+    retry_cap: float,
+    clock: Clock,
+    total: int,
+    max_failures: int = DEFAULT_MAX_FAILURES,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Send the selected items; gives up after ``max_failures`` failed attempts in a row."""
+    registrar = Registrar(info)
+    reg_retry = RetryPolicy(retry_cap)
+    health = SendHealth(lambda _v: None, clock.wall)  # the agent's last_error is not ours
+    fwd = Forwarder(
+        store,
+        transport,
+        registrar,
+        hostname=info.hostname,
+        batch_size=batch_size,
+        batch_interval=0.0,
+        retry=RetryPolicy(retry_cap),
+        clock=clock,
+        health=health,
+        selection=selection,
+    )
+    error: str | None = None
+    while not clock.stopped:
+        if not registrar.registered.is_set():
+            result = registrar.register(transport)
+            if not (isinstance(result, Reply) and 200 <= result.status < 300):
+                error = result if isinstance(result, str) else f"register: HTTP {result.status}"
+                if reg_retry.failures + 1 >= max_failures:
+                    break
+                clock.wait(reg_retry.next_delay())
+                continue
+            reg_retry.reset()
+        wait = fwd.step(flush=True)
+        if progress:
+            progress(fwd.sent_lines + fwd.dead_lines)
+        if fwd.retry.failures >= max_failures:
+            error = health.error
+            break
+        if fwd.exhausted and not fwd.work:
+            error = None
+            break
+        if wait > 0:
+            clock.wait(wait)
+    fwd.abandon()
+    if clock.stopped and error is None and not fwd.exhausted:
+        error = "interrupted"
+    left = max(0, total - fwd.sent_lines - fwd.dead_lines) if error else 0
+    return ReplayResult(fwd.sent_lines, fwd.dead_lines, left, error)

@@ -26,9 +26,17 @@ class FileId:
         return st.st_dev == self.dev and st.st_ino == self.ino
 
 
+def pread(fd: int, n: int, offset: int) -> bytes:
+    """os.pread where it exists (POSIX); seek + read elsewhere (one reader per fd here)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
+
+
 def read_fingerprint(fd: int) -> tuple[int, str]:
     """Hash of the file's first line (at most FINGERPRINT_MAX_BYTES); (0, "") when empty."""
-    head = os.pread(fd, FINGERPRINT_MAX_BYTES, 0)
+    head = pread(fd, FINGERPRINT_MAX_BYTES, 0)
     nl = head.find(b"\n")
     if nl >= 0:
         head = head[: nl + 1]
@@ -51,5 +59,5 @@ def matches(fd: int, file_id: FileId) -> bool:
         return False
     if file_id.fp_len == 0:
         return True
-    head = os.pread(fd, file_id.fp_len, 0)
+    head = pread(fd, file_id.fp_len, 0)
     return len(head) == file_id.fp_len and hashlib.sha256(head).hexdigest()[:24] == file_id.fp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from collector.identity import FileId, identify, matches
+from collector.identity import FileId, identify, matches, pread
 from collector.lines import Lines, LineSplitter
 from queue_store.records import Checkpoint, Chunk
 
@@ -64,7 +64,7 @@ class Tailer:
 
     def read(self, wall: float, now: float, max_bytes: int = READ_BYTES) -> Read:
         """Read what is new (up to ``max_bytes``) and split it into chunks."""
-        data = os.pread(self.fd, max_bytes, self.splitter.consumed)
+        data = pread(self.fd, max_bytes, self.splitter.consumed)
         if not data:
             return Read((), None, 0)
         self.last_data_at = now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import replace
 
 import structlog
 
@@ -95,6 +96,8 @@ class Forwarder:
             if lease is None:
                 self.exhausted = True
                 return IDLE_WAIT
+            # Each item once per replay, even when settling puts it back in a selected state.
+            self.selection = replace(self.selection, after_id=max(lease.item_ids))
             self.work.append(Batch(lease, lease.entries))
             return None
         lines, oldest = self.store.ready_head(self.batch_size)

@@ -65,6 +65,9 @@ def status_report(cfg: AgentConfig) -> dict[str, Any]:
         con = open_readonly(cfg.buffer_db)
     except FileNotFoundError:
         con = None
+    if con is not None and not _has_queue(con):
+        con.close()  # the agent is creating it right now: nothing in it yet
+        con = None
     checkpoints: list[tuple[str, str, int]] = []
     if con is None:
         report.update(
@@ -105,6 +108,14 @@ def status_report(cfg: AgentConfig) -> dict[str, Any]:
         )
     report["sources"] = sources
     return report
+
+
+def _has_queue(con: sqlite3.Connection) -> bool:
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        return True  # let the real query report what is wrong
+    return {TABLE, "checkpoints", "meta"} <= names
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -151,6 +162,9 @@ def inspect(
     try:
         con = open_readonly(cfg.buffer_db)
     except FileNotFoundError:
+        return 0
+    if not _has_queue(con):
+        con.close()
         return 0
     marks = ",".join("?" * len(states))
     sql = f"SELECT _id, data, timestamp, {EFFECTIVE_STATE} AS st FROM {TABLE} WHERE st IN ({marks})"

@@ -85,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "receiver":
             return _receiver(args)
         cfg = load_config(config_path)
+        if command != "run":
+            from ila_agent.logging_setup import setup_logging
+
+            # Tools keep stdout for their output; only warnings and errors, on stderr.
+            setup_logging(None, level="warning", secret=cfg.api_key)
         handler = {
             "run": _run,
             "check-config": _check_config,

@@ -191,6 +191,8 @@ class _Reader:
     def path(self, key: str, default: str | None) -> str | None:
         value = self.string(key, default)
         if value is None:
+            value = default  # an explicit null means "the default", next to the config too
+        if value is None:
             return None
         if not value.strip():
             raise self.error(key, "must not be empty")

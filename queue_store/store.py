@@ -78,6 +78,7 @@ class Selection:
 
     statuses: tuple[int, ...] = (0, READY)
     upto_id: int | None = None
+    after_id: int | None = None
     since: float | None = None
     source: str | None = None
 
@@ -88,6 +89,9 @@ class Selection:
         if self.upto_id is not None:
             parts.append("_id <= ?")
             params.append(self.upto_id)
+        if self.after_id is not None:
+            parts.append("_id > ?")
+            params.append(self.after_id)
         if self.since is not None:
             parts.append("timestamp >= ?")
             params.append(self.since)

@@ -343,7 +343,7 @@ class QueueStore:
             rows = self._db.execute(
                 f"SELECT n_lines, timestamp FROM {TABLE} WHERE status < ? ORDER BY _id LIMIT ?",
                 (UNACK, max_lines),
-            ).fetchall()
+            ).fetchall()  # two numbers a row: cheap even at max_lines rows
         if not rows:
             return 0, None
         total = 0
@@ -359,17 +359,22 @@ class QueueStore:
         where, params = sel.where()
         me = os.getpid()
         with self._tx:
-            rows = self._db.execute(
+            cursor = self._db.execute(
                 f"SELECT _id, data, n_lines FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
                 (*params, max_lines),
-            ).fetchall()
+            )
             picked: list[tuple[int, bytes]] = []
             total = 0
-            for rid, data, n in rows:
+            # Row by row: items hold up to batch_size lines each, so fetching max_lines rows
+            # at once could hold batch_size times more than the lease needs.
+            for rid, data, n in cursor:
                 if total + n > max_lines and picked:
                     break
                 picked.append((rid, data))
                 total += n
+                if total >= max_lines:
+                    break
+            cursor.close()
             if not picked:
                 return None
             ids = [rid for rid, _ in picked]

@@ -76,12 +76,9 @@ def main() -> int:
         size = bundle.stat().st_size
         print("| step | entries | seconds | entries/s | peak RSS (MB) |")
         print("|---|---|---|---|---|")
-        print(
-            f"| export | {args.entries} | {e_s:.1f} | {args.entries / e_s:,.0f} | {e_kb / 1024:.0f} |"
-        )
-        print(
-            f"| import | {args.entries} | {i_s:.1f} | {args.entries / i_s:,.0f} | {i_kb / 1024:.0f} |"
-        )
+        n = args.entries
+        for step, secs, kb in (("export", e_s, e_kb), ("import", i_s, i_kb)):
+            print(f"| {step} | {n} | {secs:.1f} | {n / secs:,.0f} | {kb / 1024:.0f} |")
         print(f"\nbundle: {size / 1e6:.1f} MB; {e_out}; {i_out}")
     return 0
 

@@ -177,7 +177,7 @@ def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
     if args.acked and not args.since:
         raise AgentError("--acked needs --since (how far back to re-send acked history)")
     since = parse_since(args.since) if args.since else None
-    statuses: tuple[int, ...] = (ACKED,) if args.acked else (0, READY)
+    statuses: tuple[int, ...] = (ACKED,) if args.acked else (READY,)
     if args.dead_letter:
         statuses += (DEAD,)
     store = open_tool_store(cfg)

@@ -69,7 +69,7 @@ def export_bundle(
 ) -> ExportResult:
     """Write pending entries (and, with ``include_exported``, those exported before) to
     ``path``; they stay in the buffer, marked exported. Memory stays bounded."""
-    statuses = (0, READY, EXPORTED) if include_exported else (0, READY)
+    statuses = (READY, EXPORTED) if include_exported else (READY,)
     selection = Selection(statuses=statuses, upto_id=store.max_id())
     content_tmp = f"{path}.content-{os.getpid()}.tmp"
     final_tmp = f"{path}.{os.getpid()}.tmp"

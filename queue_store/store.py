@@ -68,7 +68,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS imported_uids (event_uid TEXT PRIMARY KEY, pending INTEGER);
-CREATE INDEX IF NOT EXISTS idx_{TABLE}_status ON {TABLE} (status, _id);
+DROP INDEX IF EXISTS idx_{TABLE}_status;
+-- Covering: choosing a batch walks this index in id order and never reads the data blobs.
+CREATE INDEX IF NOT EXISTS idx_{TABLE}_pick ON {TABLE} (status, _id, n_lines, timestamp);
 """
 
 
@@ -76,7 +78,7 @@ CREATE INDEX IF NOT EXISTS idx_{TABLE}_status ON {TABLE} (status, _id);
 class Selection:
     """Which items a lease may take: by state, up to an id, committed since, from a source."""
 
-    statuses: tuple[int, ...] = (0, READY)
+    statuses: tuple[int, ...] = (READY,)
     upto_id: int | None = None
     after_id: int | None = None
     since: float | None = None
@@ -84,7 +86,8 @@ class Selection:
 
     def where(self) -> tuple[str, tuple[Any, ...]]:
         marks = ",".join("?" * len(self.statuses))
-        parts = [f"status IN ({marks})"]
+        # One status: "status = ?" lets SQLite walk the index in _id order with no sort.
+        parts = [f"status IN ({marks})" if len(self.statuses) > 1 else "status = ?"]
         params: list[Any] = list(self.statuses)
         if self.upto_id is not None:
             parts.append("_id <= ?")
@@ -166,6 +169,8 @@ class QueueStore:
                 if col not in cols:
                     self._db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {col} INTEGER")
             self._db.executescript(_SCHEMA)
+            # persist-queue's "inited" state is never written here; keep "ready" the only one.
+            self._db.execute(f"UPDATE {TABLE} SET status = ? WHERE status = 0", (READY,))
         self._resume_orphans()
         if self.quarantined_to:
             self.set_meta("quarantined", f"{self.quarantined_to} at {_now_iso()}")
@@ -283,9 +288,9 @@ class QueueStore:
         with self._db:
             while self._total_bytes + need > self.max_bytes:
                 row = self._db.execute(
-                    f"SELECT _id, n_lines, n_bytes FROM {TABLE} WHERE status < ?"
+                    f"SELECT _id, n_lines, n_bytes FROM {TABLE} WHERE status = ?"
                     " ORDER BY _id LIMIT 1",
-                    (UNACK,),
+                    (READY,),
                 ).fetchone()
                 if row is None:
                     break  # everything left is leased: go over budget rather than lose more
@@ -339,19 +344,23 @@ class QueueStore:
 
     def ready_head(self, max_lines: int) -> tuple[int, float | None]:
         """(lines ready in the first ``max_lines`` worth of items, commit time of the oldest)."""
-        with self._tx:
-            rows = self._db.execute(
-                f"SELECT n_lines, timestamp FROM {TABLE} WHERE status < ? ORDER BY _id LIMIT ?",
-                (UNACK, max_lines),
-            ).fetchall()  # two numbers a row: cheap even at max_lines rows
-        if not rows:
-            return 0, None
         total = 0
-        for n, _ in rows:
-            if total + n > max_lines and total:
-                break
-            total += n
-        return total, rows[0][1]
+        oldest: float | None = None
+        with self._tx:
+            cursor = self._db.execute(
+                f"SELECT n_lines, timestamp FROM {TABLE} WHERE status = ? ORDER BY _id LIMIT ?",
+                (READY, max_lines),
+            )
+            for n, ts in cursor:
+                if oldest is None:
+                    oldest = ts
+                if total + n > max_lines and total:
+                    break
+                total += n
+                if total >= max_lines:
+                    break
+            cursor.close()
+        return total, oldest
 
     def lease(self, max_lines: int, selection: Selection | None = None) -> Lease | None:
         """Mark the oldest selected items (up to ``max_lines`` lines) in flight, decoded."""
@@ -359,25 +368,31 @@ class QueueStore:
         where, params = sel.where()
         me = os.getpid()
         with self._tx:
+            # Choose on the index alone (ids and line counts), row by row; then read the
+            # blobs of just the chosen items.
             cursor = self._db.execute(
-                f"SELECT _id, data, n_lines FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
+                f"SELECT _id, n_lines FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
                 (*params, max_lines),
             )
-            picked: list[tuple[int, bytes]] = []
+            ids: list[int] = []
             total = 0
-            # Row by row: items hold up to batch_size lines each, so fetching max_lines rows
-            # at once could hold batch_size times more than the lease needs.
-            for rid, data, n in cursor:
-                if total + n > max_lines and picked:
+            for rid, n in cursor:
+                if total + n > max_lines and ids:
                     break
-                picked.append((rid, data))
+                ids.append(rid)
                 total += n
                 if total >= max_lines:
                     break
             cursor.close()
-            if not picked:
+            if not ids:
                 return None
-            ids = [rid for rid, _ in picked]
+            blobs = dict(
+                self._db.execute(
+                    f"SELECT _id, data FROM {TABLE} WHERE _id IN ({','.join('?' * len(ids))})",
+                    ids,
+                ).fetchall()
+            )
+            picked = [(rid, blobs[rid]) for rid in ids]
             with self._db:
                 self._db.executemany(
                     f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ? WHERE _id = ?",

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--all", action="store_true", help="also entries exported before")
     im = cmd("import", "put a bundle's entries into this agent's buffer")
     im.add_argument("bundle", help="bundle file to read")
+    sv = sub.add_parser("service", help="Windows: install/start/stop/remove/status the service")
+    sv.add_argument("action", choices=("install", "start", "stop", "remove", "status"))
+    sv.add_argument("--config", default=argparse.SUPPRESS, help="config file for the service")
     rc = sub.add_parser("receiver", help="reference ILA-SOC receiver for trying the agent")
     rc.add_argument("--host", default="127.0.0.1")
     rc.add_argument("--port", type=int, default=8787)
@@ -84,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "receiver":
             return _receiver(args)
+        if command == "service":
+            return _service(args)
         cfg = load_config(config_path)
         if command != "run":
             from ila_agent.logging_setup import setup_logging
@@ -115,11 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(cfg: AgentConfig, _args: argparse.Namespace) -> int:
+    import structlog
+
     from ila_agent.agent import Agent, install_signal_handlers
     from ila_agent.logging_setup import setup_logging
+    from ila_agent.permissions import check_permissions
 
     os.umask(0o077)  # everything the agent creates is private to its user
+    warnings = check_permissions(cfg)
     setup_logging(cfg.agent_log_file, level=cfg.log_level, secret=cfg.api_key)
+    for text in warnings:
+        structlog.get_logger("agent").warning("config_readable_by_all", detail=text)
     agent = Agent(cfg)
     install_signal_handlers(agent)
     return agent.run()
@@ -251,6 +262,12 @@ def _import(cfg: AgentConfig, args: argparse.Namespace) -> int:
         f" ({manifest.get('hostname')}), {skipped} already imported before"
     )
     return EXIT_OK
+
+
+def _service(args: argparse.Namespace) -> int:
+    from ila_agent.winservice import load_pywin32, service_command
+
+    return service_command(args.action, args.config, load_pywin32(), out=sys.stdout)
 
 
 def _receiver(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from collector.collector import Collector
+from collector.journald import JournalReader
 from forwarder.health import SendHealth
 from forwarder.heartbeat import Heartbeat
 from forwarder.loop import Forwarder
@@ -22,7 +23,7 @@ from forwarder.registrar import AgentInfo, Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.transport import Transport, TransportSettings, warn_plain_http
 from ila_agent.clock import Clock
-from ila_agent.config import AgentConfig
+from ila_agent.config import AgentConfig, EventLogSource, JournaldSource
 from ila_agent.version import __version__
 from queue_store.store import QueueStore
 
@@ -132,8 +133,8 @@ class Agent:
         if cfg.ignored_sources:
             log.info("sources_ignored_on_this_platform", sources=list(cfg.ignored_sources))
         for s in cfg.sources:
-            if not hasattr(s, "pattern"):
-                log.warning("source_not_supported_yet", source=repr(s))
+            if isinstance(s, EventLogSource):
+                log.warning("source_not_supported_yet", source=s.name)
         if cfg.unknown_keys:
             log.warning("config_unknown_keys", keys=list(cfg.unknown_keys))
         quarantined = store.get_meta("quarantined")
@@ -154,8 +155,22 @@ class Agent:
             first_start=first_start,
         )
         collector.start_up()
+        journals = [
+            JournalReader(
+                store,
+                s,
+                batch_size=cfg.batch_size,
+                start_position=cfg.start_position,
+                first_start=first_start,
+                clock=self.clock,
+            )  # fmt: skip
+            for s in cfg.sources
+            if isinstance(s, JournaldSource)
+        ]
         store.set_meta("started_before", "1")
         self._spawn("collector", collector.run)
+        for i, reader in enumerate(journals):
+            self._spawn(f"journald-{i}", reader.run)
 
         forwarder: Forwarder | None = None
         registrar: Registrar | None = None
@@ -195,6 +210,8 @@ class Agent:
                 log.error("cleanup_failed", error=str(exc))
         log.info("agent_stopping")
         collector.stop()
+        for reader in journals:
+            reader.stop()
         store.commit_event.set()
         if registrar is not None:
             registrar.needed.set()

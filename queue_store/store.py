@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     generation INTEGER NOT NULL, offset INTEGER NOT NULL, updated_at FLOAT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+-- Read positions of record sources (journald cursor, Windows Event Log bookmark).
+CREATE TABLE IF NOT EXISTS cursors (
+    key TEXT PRIMARY KEY, source TEXT NOT NULL, cursor TEXT NOT NULL, updated_at FLOAT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS imported_uids (event_uid TEXT PRIMARY KEY, pending INTEGER);
 DROP INDEX IF EXISTS idx_{TABLE}_status;
 -- Covering: choosing a batch walks this index in id order and never reads the data blobs.
@@ -303,6 +307,44 @@ class QueueStore:
         if dropped_lines:
             self._q.total = max(0, self._q.total - dropped_items)
             log.warning("buffer_full_dropped", lines=dropped_lines, budget=self.max_bytes)
+
+    def commit_records(
+        self,
+        entries: Sequence[dict[str, Any]],
+        *,
+        key: str,
+        source: str,
+        cursor: str,
+        per_item: int,
+    ) -> None:
+        """Commit records (journald, event log) and the cursor after them in one transaction."""
+        now = time.time()
+        rows = [
+            _entries_row(list(entries[i : i + per_item])) for i in range(0, len(entries), per_item)
+        ]
+        new_bytes = sum(r[2] for r in rows)
+        with self._tx:
+            if self._total_bytes + new_bytes > self.max_bytes and new_bytes:
+                self._make_room(new_bytes)
+            with self._db:
+                self._db.executemany(
+                    f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(d, now, READY, n, nb, src) for d, n, nb, src, _ in rows],
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO cursors (key, source, cursor, updated_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (key, source, cursor, now),
+                )
+            self._total_bytes += new_bytes
+        if rows:
+            self._q.put_event.set()
+
+    def get_cursor(self, key: str) -> str | None:
+        with self._tx:
+            row = self._db.execute("SELECT cursor FROM cursors WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def wait_for_room(self, timeout: float) -> None:
         """Block (policy ``block``) until an ack may have made room, or ``timeout``."""

@@ -1,0 +1,228 @@
+"""The systemd journal, read through `journalctl --output=json --follow` (no compiled
+dependency). Entries are committed with the journal cursor after them, in one transaction;
+a restart continues with `--after-cursor`, so nothing is skipped and nothing repeated."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import selectors
+import shutil
+import subprocess
+from typing import Any
+
+import structlog
+
+from ila_agent.clock import Clock, rfc3339_ms
+from ila_agent.config import JournaldSource
+from ila_agent.errors import BufferFull
+from queue_store.store import QueueStore
+
+log = structlog.get_logger("collector")
+
+IDLE_COMMIT = 0.2  # seconds without new entries before a partial chunk is committed
+RETRY_MIN, RETRY_MAX = 1.0, 30.0
+
+
+def source_key(spec: JournaldSource) -> str:
+    """Stable name of this journal source (its cursor row and its event_uids)."""
+    ident = json.dumps([spec.directory, sorted(spec.matches)])
+    return "journald:" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def to_entry(rec: dict[str, Any], read_at: float) -> dict[str, Any]:
+    """A journal record → a protocol entry; byte-array messages are decoded like file lines."""
+    msg = rec.get("MESSAGE", "")
+    entry: dict[str, Any] = {}
+    if isinstance(msg, list):  # journalctl gives non-UTF-8 (or binary) fields as byte arrays
+        raw = bytes(b & 0xFF for b in msg if isinstance(b, int))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", errors="replace")
+            entry["raw_b64"] = base64.b64encode(raw).decode("ascii")
+    elif msg is None:
+        text = ""
+    else:
+        text = str(msg)
+    source = rec.get("_SYSTEMD_UNIT") or rec.get("SYSLOG_IDENTIFIER") or "journald"
+    cursor = str(rec["__CURSOR"])
+    entry.update(
+        {
+            "log_text": text,
+            "source": str(source),
+            "timestamp": rfc3339_ms(read_at),
+            "event_uid": hashlib.sha256(f"journal@{cursor}".encode()).hexdigest()[:32],
+        }
+    )
+    if isinstance(rec.get("_HOSTNAME"), str):
+        entry["hostname"] = rec["_HOSTNAME"]
+    realtime = rec.get("__REALTIME_TIMESTAMP")
+    if isinstance(realtime, str) and realtime.isdigit():
+        entry["event_time"] = rfc3339_ms(int(realtime) / 1e6)
+    for field, name in (
+        ("PRIORITY", "priority"),
+        ("_PID", "pid"),
+        ("SYSLOG_IDENTIFIER", "syslog_identifier"),
+        ("_SYSTEMD_UNIT", "unit"),
+    ):
+        value = rec.get(field)
+        if isinstance(value, str):
+            entry[name] = value
+    return entry
+
+
+class JournalReader:
+    """One journal source: runs journalctl, commits entries + cursor, restarts it on failure."""
+
+    def __init__(
+        self,
+        store: QueueStore,
+        spec: JournaldSource,
+        *,
+        batch_size: int,
+        start_position: str,
+        first_start: bool,
+        clock: Clock,
+        journalctl: str = "journalctl",
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.batch_size = batch_size
+        self.start_position = start_position
+        self.first_start = first_start
+        self.clock = clock
+        self.journalctl = journalctl
+        self.key = source_key(spec)
+        self.name = f"journald{':' + spec.directory if spec.directory else ''}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._problem: str | None = None
+
+    def _base_args(self) -> list[str]:
+        args = [self.journalctl, "--output=json", "--no-pager"]
+        if self.spec.directory:
+            args.append(f"--directory={self.spec.directory}")
+        return args
+
+    def _command(self, cursor: str | None) -> list[str]:
+        # --no-tail always: with --follow, journalctl would otherwise show only the last 10
+        # entries, also after --after-cursor.
+        args = [*self._base_args(), "--follow", "--no-tail"]
+        if cursor:
+            args.append(f"--after-cursor={cursor}")
+        return args + list(self.spec.matches)
+
+    def _tail_cursor(self) -> str | None:
+        """The newest matching entry's cursor: where start_position "end" begins."""
+        out = subprocess.run(
+            [*self._base_args(), "--lines=1", *self.spec.matches],
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        for line in out.stdout.splitlines()[-1:]:
+            return str(json.loads(line)["__CURSOR"])
+        return None
+
+    def run(self) -> None:
+        delay = RETRY_MIN
+        while not self.clock.stopped:
+            try:
+                ok = self._run_once()
+            except FileNotFoundError:
+                self._report(f"{self.journalctl} not found: install systemd's journalctl")
+                ok = False
+            except (OSError, subprocess.SubprocessError, ValueError) as exc:
+                self._report(f"journalctl failed: {exc}")
+                ok = False
+            if self.clock.stopped:
+                break
+            delay = RETRY_MIN if ok else min(RETRY_MAX, delay * 2)
+            self.clock.wait(delay)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def _run_once(self) -> bool:
+        """One journalctl process, until it ends or we stop; True when it ran cleanly."""
+        if shutil.which(self.journalctl) is None and not os.path.isabs(self.journalctl):
+            raise FileNotFoundError(self.journalctl)
+        if self.spec.directory and not os.path.isdir(self.spec.directory):
+            self._report(f"journal directory {self.spec.directory} does not exist (waiting)")
+            return False
+        cursor = self.store.get_cursor(self.key)
+        if cursor is None and self.first_start and self.start_position == "end":
+            cursor = self._tail_cursor()
+            if cursor is not None:
+                self.store.commit_records(
+                    [], key=self.key, source=self.name, cursor=cursor, per_item=self.batch_size
+                )
+        self.first_start = False
+        self.proc = subprocess.Popen(
+            self._command(cursor), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        pending: list[dict[str, Any]] = []
+        last_cursor: str | None = None
+        partial = b""
+        eof = False
+        try:
+            while not self.clock.stopped and not eof:
+                ready = sel.select(timeout=IDLE_COMMIT)
+                if ready:
+                    data = os.read(self.proc.stdout.fileno(), 1 << 20)
+                    if not data:
+                        eof = True
+                    lines = (partial + data).split(b"\n")
+                    partial = lines.pop()
+                    now = self.clock.wall()
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        rec = json.loads(line)
+                        pending.append(to_entry(rec, now))
+                        last_cursor = str(rec["__CURSOR"])
+                if pending and (len(pending) >= self.batch_size or not ready or eof):
+                    assert last_cursor is not None
+                    self._commit(pending, last_cursor)
+                    pending = []
+                    if self._problem is not None:
+                        log.info("journal_reading_again", source=self.name)
+                        self._problem = None
+            if pending and last_cursor is not None:
+                self._commit(pending, last_cursor)  # stopping: keep what was read
+        finally:
+            sel.close()
+            self.stop()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.clock.stopped:
+            return True
+        err = self.proc.stderr.read().decode("utf-8", "replace").strip()
+        self._report(f"journalctl exited with {self.proc.returncode}: {err[-300:]}")
+        return False
+
+    def _commit(self, entries: list[dict[str, Any]], cursor: str) -> None:
+        while True:
+            try:
+                self.store.commit_records(
+                    entries, key=self.key, source=self.name, cursor=cursor,
+                    per_item=self.batch_size,
+                )  # fmt: skip
+                return
+            except BufferFull:
+                if self.clock.stopped:
+                    return  # not committed: read again after the restart
+                self.store.wait_for_room(1.0)
+
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:
+            log.error("journal_problem", source=self.name, problem=problem)
+            self._problem = problem

@@ -163,7 +163,7 @@ class Agent:
                 start_position=cfg.start_position,
                 first_start=first_start,
                 clock=self.clock,
-            )  # fmt: skip
+            )
             for s in cfg.sources
             if isinstance(s, JournaldSource)
         ]

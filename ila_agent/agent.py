@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from collector.collector import Collector
+from collector.eventlog import EventLogReader, load_win32evtlog
 from collector.journald import JournalReader
 from forwarder.health import SendHealth
 from forwarder.heartbeat import Heartbeat
@@ -132,9 +133,6 @@ class Agent:
             log.warning("collect_only_mode", reason="no server_url: lines are buffered, not sent")
         if cfg.ignored_sources:
             log.info("sources_ignored_on_this_platform", sources=list(cfg.ignored_sources))
-        for s in cfg.sources:
-            if isinstance(s, EventLogSource):
-                log.warning("source_not_supported_yet", source=s.name)
         if cfg.unknown_keys:
             log.warning("config_unknown_keys", keys=list(cfg.unknown_keys))
         quarantined = store.get_meta("quarantined")
@@ -167,8 +165,32 @@ class Agent:
             for s in cfg.sources
             if isinstance(s, JournaldSource)
         ]
+        channels = [s for s in cfg.sources if isinstance(s, EventLogSource)]
+        evt = load_win32evtlog() if channels else None
+        if channels and evt is None:
+            log.error(
+                "eventlog_unavailable",
+                channels=[s.channel for s in channels],
+                reason="pywin32 is not installed: pip install 'ila-soc-agent[windows]'",
+            )
+        event_logs = [
+            EventLogReader(
+                store,
+                s,
+                evt=evt,
+                batch_size=cfg.batch_size,
+                start_position=cfg.start_position,
+                first_start=first_start,
+                clock=self.clock,
+                poll_interval=cfg.poll_interval,
+            )
+            for s in channels
+            if evt is not None
+        ]
         store.set_meta("started_before", "1")
         self._spawn("collector", collector.run)
+        for reader in event_logs:
+            self._spawn(f"eventlog-{reader.spec.channel}", reader.run)
         for i, reader in enumerate(journals):
             self._spawn(f"journald-{i}", reader.run)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ from queue_store.store import QueueStore
 
 log = structlog.get_logger("collector")
 
-DRAIN_GRACE = 1.0  # seconds a rotated-away file must stay quiet before it is let go
+DRAIN_GRACE = 30.0  # seconds a rotated-away file must stay quiet before it is let go
 STEP_BYTES = 8 << 20  # bytes read from one file per step, so one busy file can't starve others
 
 
@@ -44,6 +45,7 @@ class Collector:
         clock: Clock,
         first_start: bool,
         use_inotify: bool = True,
+        rotate_grace: float = DRAIN_GRACE,
     ) -> None:
         self.store = store
         self.sources = tuple(sources)
@@ -54,6 +56,8 @@ class Collector:
         self.poll_interval = poll_interval
         self.clock = clock
         self.first_start = first_start
+        # Long enough for discovery to see a rotated name the globs still match.
+        self.rotate_grace = max(rotate_grace, 2 * poll_interval)
         self.active: dict[str, Tailer] = {}
         self.draining: list[Tailer] = []
         self.wake = threading.Event()
@@ -108,6 +112,9 @@ class Collector:
             self._next_discovery = now + self.poll_interval
         busy = False
         for t in list(self.active.values()):
+            # Before reading: a file truncated and refilled past our offset must not be read
+            # from the old offset as if nothing happened.
+            self._check_truncated(t)
             if self._pump(t):
                 busy = True
             else:
@@ -117,8 +124,8 @@ class Collector:
             if self._pump(t):
                 busy = True
             elif (
-                now - t.last_data_at >= DRAIN_GRACE
-                and now - (t.draining_since or now) >= DRAIN_GRACE
+                now - t.last_data_at >= self.rotate_grace
+                and now - (t.draining_since or now) >= self.rotate_grace
             ):
                 self._release(t)
         return busy
@@ -130,7 +137,7 @@ class Collector:
             if t.splitter.pending_bytes:
                 timeout = min(timeout, t.last_data_at + self.partial_line_timeout - now)
         if self.draining:
-            timeout = min(timeout, DRAIN_GRACE)
+            timeout = min(timeout, self.rotate_grace)
         return max(0.01, timeout)
 
     def _pump(self, t: Tailer) -> bool:
@@ -184,7 +191,15 @@ class Collector:
             self._retire(t, now, "rotated")
             self._open(t.path, t.source, at_startup=False)
             return
-        if t.was_truncated():
+        self._check_truncated(t)
+
+    def _check_truncated(self, t: Tailer) -> None:
+        """Copytruncate: read the file again from 0, as a new content generation."""
+        try:
+            truncated = t.was_truncated()
+        except OSError:
+            return
+        if truncated:
             old_key = t.key
             self._commit(t, t.flush(self.clock.wall()))
             t.restart_generation()
@@ -233,6 +248,12 @@ class Collector:
             self._report(path, f"unreadable: {exc.strerror}")
             return
         st = os.fstat(fd)
+        for t in self.active.values():
+            tst = os.fstat(t.fd)
+            if (tst.st_dev, tst.st_ino) == (st.st_dev, st.st_ino):
+                # Already read under another name (renamed, or a hard link): never twice.
+                os.close(fd)
+                return
         for t in self.draining:
             tst = os.fstat(t.fd)
             if (tst.st_dev, tst.st_ino) == (st.st_dev, st.st_ino):
@@ -244,9 +265,11 @@ class Collector:
                 return
         self._problems.pop(path, None)
         offset, generation, file_id = 0, 0, None
+        epoch = secrets.token_hex(4)  # a file never seen before: fresh uids, even on a reused inode
         saved = self._saved_position(path, fd)
         if saved is not None:
             offset, generation, file_id = saved.offset, saved.generation, saved.file_id
+            epoch = saved.epoch
             if st.st_size < offset:  # truncated while we were away
                 self.store.forget_checkpoint(saved.key)
                 offset, generation, file_id = 0, generation + 1, None
@@ -259,12 +282,13 @@ class Collector:
             offset=offset,
             file_id=file_id,
             generation=generation,
+            epoch=epoch,
             max_line_bytes=self.max_line_bytes,
             batch_size=self.batch_size,
             now=self.clock.monotonic(),
         )
         if file_id is not None and saved is None:
-            self.store.save_checkpoint(Checkpoint(file_id, generation, offset, path, source))
+            self.store.save_checkpoint(Checkpoint(file_id, generation, offset, path, source, epoch))
         self.active[path] = t
         log.info("file_opened", path=path, source=source, position=offset)
 
@@ -304,6 +328,7 @@ class Collector:
                 offset=cp.offset,
                 file_id=cp.file_id,
                 generation=cp.generation,
+                epoch=cp.epoch,
                 max_line_bytes=self.max_line_bytes,
                 batch_size=self.batch_size,
                 now=self.clock.monotonic(),

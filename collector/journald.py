@@ -11,6 +11,7 @@ import os
 import selectors
 import shutil
 import subprocess
+import tempfile
 from typing import Any
 
 import structlog
@@ -159,10 +160,13 @@ class JournalReader:
                     [], key=self.key, source=self.name, cursor=cursor, per_item=self.batch_size
                 )
         self.first_start = False
-        self.proc = subprocess.Popen(
-            self._command(cursor), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        # stderr to a file, not a pipe: a long --follow that warns a lot must never block.
+        with tempfile.TemporaryFile() as errors:
+            return self._follow(cursor, errors)
+
+    def _follow(self, cursor: str | None, errors: Any) -> bool:
+        self.proc = subprocess.Popen(self._command(cursor), stdout=subprocess.PIPE, stderr=errors)
+        assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -205,7 +209,9 @@ class JournalReader:
                 self.proc.wait(5)
         if self.clock.stopped:
             return True
-        err = self.proc.stderr.read().decode("utf-8", "replace").strip()
+        errors.seek(0, os.SEEK_END)
+        errors.seek(max(0, errors.tell() - 2000))
+        err = errors.read().decode("utf-8", "replace").strip()
         self._report(f"journalctl exited with {self.proc.returncode}: {err[-300:]}")
         return False
 

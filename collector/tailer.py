@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from collector.identity import FileId, identify, matches, pread
 from collector.lines import Lines, LineSplitter
-from queue_store.records import Checkpoint, Chunk
+from queue_store.records import Checkpoint, Chunk, file_key
 
 READ_BYTES = 1 << 20
 
@@ -33,6 +33,7 @@ class Tailer:
         offset: int,
         file_id: FileId | None,
         generation: int,
+        epoch: str,
         max_line_bytes: int,
         batch_size: int,
         now: float,
@@ -42,6 +43,7 @@ class Tailer:
         self.fd = fd
         self.file_id = file_id  # None until the file has its first byte
         self.generation = generation
+        self.epoch = epoch
         self.committed = offset
         self.batch_size = batch_size
         self.max_line_bytes = max_line_bytes
@@ -60,7 +62,9 @@ class Tailer:
 
     @property
     def key(self) -> str | None:
-        return None if self.file_id is None else self.file_id.key(self.generation)
+        if self.file_id is None:
+            return None
+        return file_key(self.file_id, self.generation, self.epoch)
 
     def read(self, wall: float, now: float, max_bytes: int = READ_BYTES) -> Read:
         """Read what is new (up to ``max_bytes``) and split it into chunks."""
@@ -81,7 +85,7 @@ class Tailer:
 
     def _package(self, lines: Lines, wall: float, n_read: int) -> Read:
         assert self.file_id is not None
-        key = self.file_id.key(self.generation)
+        key = file_key(self.file_id, self.generation, self.epoch)
         chunks = []
         n = len(lines.texts)
         size = self.batch_size
@@ -103,7 +107,9 @@ class Tailer:
             )
         cp = None
         if lines.end != self.committed:
-            cp = Checkpoint(self.file_id, self.generation, lines.end, self.path, self.source)
+            cp = Checkpoint(
+                self.file_id, self.generation, lines.end, self.path, self.source, self.epoch
+            )
         return Read(tuple(chunks), cp, n_read)
 
     def mark_committed(self, read: Read) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Generator
 import backoff
 
 RETRY_AFTER_MAX = 3600.0
+RETRY_AFTER_MIN = 0.5
 
 
 class RetryPolicy:
@@ -37,7 +38,8 @@ class RetryPolicy:
             next(self._gen)  # backoff's generators are primed with a first send(None)
         capped = float(next(self._gen))
         if retry_after is not None:
-            return min(RETRY_AFTER_MAX, max(0.0, retry_after))
+            # "Retry-After: 0" again and again must not become a tight loop.
+            return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, retry_after))
         return max(0.0, float(self.jitter(capped)))
 
     def reset(self) -> None:

@@ -117,7 +117,8 @@ def _describe(exc: requests.exceptions.RequestException) -> str:
         if isinstance(exc, kind):
             detail = str(exc.args[0]) if exc.args else ""
             return f"{text}: {_short(detail)}"
-    return f"{type(exc).__name__}: {_short(str(exc))}"
+    # Other errors (InvalidHeader, ...) can quote request headers, and so the key: name only.
+    return f"request failed: {type(exc).__name__}"
 
 
 def _short(text: str) -> str:

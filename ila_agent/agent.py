@@ -151,6 +151,7 @@ class Agent:
             poll_interval=cfg.poll_interval,
             clock=self.clock,
             first_start=first_start,
+            rotate_grace=cfg.rotate_grace,
         )
         collector.start_up()
         journals = [

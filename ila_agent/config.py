@@ -7,6 +7,7 @@ directory of the config file. Every invalid value raises ConfigError naming the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -33,10 +34,12 @@ DEFAULT_PARTIAL_LINE_TIMEOUT = 5.0
 DEFAULT_BUFFER_MAX_BYTES = 1_073_741_824
 DEFAULT_BUFFER_FULL_POLICY = "drop_oldest"
 DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_ROTATE_GRACE = 30.0
 DEFAULT_ACKED_RETENTION_HOURS = 24.0
 DEFAULT_LINUX_SOURCES = ("/var/log/syslog", "/var/log/auth.log", "/var/log/secure")
 DEFAULT_WINDOWS_CHANNELS = ("Security", "System", "Application")
 
+MAX_SECONDS = 7 * 86400.0  # a week: longer intervals are mistakes (and overflow waits)
 START_POSITIONS = ("end", "beginning")
 FULL_POLICIES = ("drop_oldest", "block")
 COMPRESSIONS = (None, "gzip")
@@ -100,6 +103,7 @@ class AgentConfig:
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
     buffer_full_policy: str = DEFAULT_BUFFER_FULL_POLICY
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    rotate_grace: float = DEFAULT_ROTATE_GRACE
     acked_retention_hours: float = DEFAULT_ACKED_RETENTION_HOURS
     compression: str | None = None
     tls_ca_file: str | None = None
@@ -159,6 +163,8 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"must be a number of seconds, got {_kind(value)}")
+        if not math.isfinite(value) or value > MAX_SECONDS:
+            raise self.error(key, f"must be a finite number up to {MAX_SECONDS:g}, got {value}")
         if value <= minimum:
             raise self.error(key, f"must be greater than {minimum:g}, got {value}")
         return float(value)
@@ -224,6 +230,7 @@ KNOWN_KEYS = frozenset(
         "start_position", "buffer_db", "agent_log_file", "retry_interval",
         "connect_timeout", "request_timeout", "max_retries", "max_line_bytes",
         "partial_line_timeout", "buffer_max_bytes", "buffer_full_policy", "poll_interval",
+        "rotate_grace",
         "acked_retention_hours", "compression", "tls_ca_file", "tls_client_cert",
         "tls_client_key", "log_level", "bundle_hmac_key_file",
     }
@@ -305,6 +312,7 @@ def parse_config(
             "buffer_full_policy", DEFAULT_BUFFER_FULL_POLICY, FULL_POLICIES
         ),
         poll_interval=r.number("poll_interval", DEFAULT_POLL_INTERVAL),
+        rotate_grace=r.number("rotate_grace", DEFAULT_ROTATE_GRACE),
         acked_retention_hours=r.number(
             "acked_retention_hours", DEFAULT_ACKED_RETENTION_HOURS, minimum=-1e-9
         ),
@@ -342,6 +350,18 @@ def parse_server_url(url: str, *, origin: str) -> str | None:
 
 
 def _api_key(r: _Reader) -> tuple[str | None, str | None]:
+    """The key and where it came from; it must be usable as an HTTP header value."""
+    key, origin = _api_key_raw(r)
+    if key is not None and any(ord(c) < 0x20 or ord(c) == 0x7F or ord(c) > 0xFF for c in key):
+        # Never echo the key: say where it came from and what is wrong with it.
+        where = {"config api_key": "api_key"}.get(origin or "", "api_key_file")
+        if origin and origin.startswith("environment"):
+            raise ConfigError(API_KEY_ENV, None, "the key holds control or non-Latin-1 characters")
+        raise r.error(where, "the key holds control or non-Latin-1 characters (a line break?)")
+    return key, origin
+
+
+def _api_key_raw(r: _Reader) -> tuple[str | None, str | None]:
     """The key and where it came from: environment, then api_key_file, then api_key."""
     env = os.environ.get(API_KEY_ENV, "").strip()
     if env:

@@ -21,10 +21,16 @@ class Checkpoint:
     offset: int
     path: str
     source: str
+    epoch: str = ""  # drawn when the file was first seen: inode reuse never repeats a uid
 
     @property
     def key(self) -> str:
-        return self.file_id.key(self.generation)
+        return file_key(self.file_id, self.generation, self.epoch)
+
+
+def file_key(file_id: FileId, generation: int, epoch: str) -> str:
+    """The name of one file's content generation: what event_uids are derived from."""
+    return f"{file_id.key(generation)}~{epoch}"
 
 
 @dataclass(frozen=True)

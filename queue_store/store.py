@@ -36,6 +36,7 @@ UNACK = int(AckStatus.unack)
 ACKED = int(AckStatus.acked)
 DEAD = int(AckStatus.ack_failed)
 EXPORTED = 7  # written to a bundle; kept for the retention window, never sent by the forwarder
+LOCKED_RETRIES = 20  # × SQLite's 30 s busy wait: ten minutes before a commit gives up
 STAGE_ENTRIES = 5000  # entries per short transaction of an import
 IMPORTING = 8  # staged by an import in progress; becomes ready when the whole bundle is in
 STATES = {"pending": (0, READY), "dead": (DEAD,), "acked": (ACKED,), "exported": (EXPORTED,)}
@@ -64,7 +65,8 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS checkpoints (
     key TEXT PRIMARY KEY, path TEXT NOT NULL, source TEXT NOT NULL,
     dev INTEGER NOT NULL, ino INTEGER NOT NULL, fp_len INTEGER NOT NULL, fp TEXT NOT NULL,
-    generation INTEGER NOT NULL, offset INTEGER NOT NULL, updated_at FLOAT NOT NULL
+    generation INTEGER NOT NULL, offset INTEGER NOT NULL, updated_at FLOAT NOT NULL,
+    epoch TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 -- Read positions of record sources (journald cursor, Windows Event Log bookmark).
@@ -173,6 +175,11 @@ class QueueStore:
                 if col not in cols:
                     self._db.execute(f"ALTER TABLE {TABLE} ADD COLUMN {col} INTEGER")
             self._db.executescript(_SCHEMA)
+            cp_cols = {r[1] for r in self._db.execute("PRAGMA table_info(checkpoints)")}
+            if "epoch" not in cp_cols:
+                self._db.execute(
+                    "ALTER TABLE checkpoints ADD COLUMN epoch TEXT NOT NULL DEFAULT ''"
+                )
             # persist-queue's "inited" state is never written here; keep "ready" the only one.
             self._db.execute(f"UPDATE {TABLE} SET status = ? WHERE status = 0", (READY,))
         self._resume_orphans()
@@ -224,7 +231,9 @@ class QueueStore:
                     f"SELECT DISTINCT owner FROM {TABLE} WHERE status = ?", (UNACK,)
                 )
             ]
-            gone = [o for o in owners if o is None or (o != me and not _alive(o))]
+            # At open this store has leased nothing: a lease under our own pid is a previous
+            # process's whose pid we reuse (a container's pid 1, a reboot).
+            gone = [o for o in owners if o is None or o == me or not _alive(o)]
             importers = [
                 r[0]
                 for r in self._db.execute(
@@ -241,7 +250,7 @@ class QueueStore:
                 for o in gone:
                     self._unlease_where("owner IS ?", (o,))
                 for o in set(importers):
-                    if o is None or (o != me and not _alive(o)):
+                    if o is None or o == me or not _alive(o):
                         self._drop_staged(o)  # an import that died half-way: none of it
 
     def _unlease_where(self, cond: str, params: tuple[Any, ...]) -> None:
@@ -265,7 +274,8 @@ class QueueStore:
         with self._tx:
             if self._total_bytes + new_bytes > self.max_bytes and new_bytes:
                 self._make_room(new_bytes)
-            with self._db:
+
+            def write() -> None:
                 if rows:
                     self._db.executemany(
                         f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
@@ -274,9 +284,24 @@ class QueueStore:
                     )
                 if checkpoint is not None:
                     self._save_checkpoint(checkpoint, now)
+
+            self._write_retrying(write)
             self._total_bytes += new_bytes
         if rows:
             self._q.put_event.set()
+
+    def _write_retrying(self, write: Any) -> None:
+        """One transaction; if another process (a tool) holds the write lock past SQLite's
+        own 30 s wait, keep waiting rather than stop collecting."""
+        for attempt in range(LOCKED_RETRIES + 1):
+            try:
+                with self._db:
+                    write()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == LOCKED_RETRIES:
+                    raise
+                log.warning("buffer_busy", attempt=attempt + 1, error=str(exc))
 
     def _make_room(self, need: int) -> None:
         """Under the budget: forget old acked history first, then apply the policy."""
@@ -326,7 +351,8 @@ class QueueStore:
         with self._tx:
             if self._total_bytes + new_bytes > self.max_bytes and new_bytes:
                 self._make_room(new_bytes)
-            with self._db:
+
+            def write() -> None:
                 self._db.executemany(
                     f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
@@ -337,6 +363,8 @@ class QueueStore:
                     " VALUES (?, ?, ?, ?)",
                     (key, source, cursor, now),
                 )
+
+            self._write_retrying(write)
             self._total_bytes += new_bytes
         if rows:
             self._q.put_event.set()
@@ -357,11 +385,11 @@ class QueueStore:
         fid = cp.file_id
         self._db.execute(
             "INSERT INTO checkpoints (key, path, source, dev, ino, fp_len, fp, generation,"
-            " offset, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " offset, updated_at, epoch) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(key) DO UPDATE SET path=excluded.path, source=excluded.source,"
             " offset=excluded.offset, updated_at=excluded.updated_at",
             (cp.key, cp.path, cp.source, fid.dev, fid.ino, fid.fp_len, fid.fp,
-             cp.generation, cp.offset, now),
+             cp.generation, cp.offset, now, cp.epoch),
         )  # fmt: skip
 
     def save_checkpoint(self, cp: Checkpoint) -> None:
@@ -377,10 +405,12 @@ class QueueStore:
         """Every saved position, newest first."""
         with self._tx:
             rows = self._db.execute(
-                "SELECT path, source, dev, ino, fp_len, fp, generation, offset FROM checkpoints"
-                " ORDER BY updated_at DESC"
+                "SELECT path, source, dev, ino, fp_len, fp, generation, offset, epoch"
+                " FROM checkpoints ORDER BY updated_at DESC"
             ).fetchall()
-        return [Checkpoint(FileId(r[2], r[3], r[4], r[5]), r[6], r[7], r[0], r[1]) for r in rows]
+        return [
+            Checkpoint(FileId(r[2], r[3], r[4], r[5]), r[6], r[7], r[0], r[1], r[8]) for r in rows
+        ]
 
     # -- leasing --------------------------------------------------------------------------
 
@@ -435,11 +465,22 @@ class QueueStore:
                 ).fetchall()
             )
             picked = [(rid, blobs[rid]) for rid in ids]
+            # Another process (the agent, a replay, an export) may lease at the same moment:
+            # an item is ours only if it is still in a selected state when we take it.
+            marks = ",".join("?" * len(sel.statuses))
+            won: list[int] = []
             with self._db:
-                self._db.executemany(
-                    f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ? WHERE _id = ?",
-                    [(UNACK, me, i) for i in ids],
-                )
+                for i in ids:
+                    cur = self._db.execute(
+                        f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ?"
+                        f" WHERE _id = ? AND status IN ({marks})",
+                        (UNACK, me, i, *sel.statuses),
+                    )
+                    if cur.rowcount == 1:
+                        won.append(i)
+            ids = won
+            if not ids:
+                return None
         entries: list[Entry] = []
         bad: set[int] = set()
         for rid, data in picked:
@@ -542,9 +583,10 @@ class QueueStore:
                 if len(item) >= per_item:
                     rows.append(_entries_row(item))
                     item = []
-                if len(uids) >= STAGE_ENTRIES:
-                    a, k = self._stage(rows, uids)
-                    added, skipped, rows, uids = added + a, skipped + k, [], []
+                    # Stage only whole items: every uid staged has its row in the same stage.
+                    if len(uids) >= STAGE_ENTRIES:
+                        a, k = self._stage(rows, uids)
+                        added, skipped, rows, uids = added + a, skipped + k, [], []
             if item:
                 rows.append(_entries_row(item))
             a, k = self._stage(rows, uids)
@@ -671,9 +713,11 @@ class QueueStore:
             self._total_bytes = self._sum_bytes()
 
     def _delete_acked(self, keep_bytes: int) -> None:
-        """Oldest acked history goes first when the budget is tight."""
+        """History goes first when the budget is tight: acked entries, and exported ones
+        (they are on the bundle's media already), oldest first."""
         rows = self._db.execute(
-            f"SELECT _id, n_bytes FROM {TABLE} WHERE status = ? ORDER BY _id DESC", (ACKED,)
+            f"SELECT _id, n_bytes FROM {TABLE} WHERE status IN (?, ?) ORDER BY _id DESC",
+            (ACKED, EXPORTED),
         ).fetchall()
         kept = 0
         doomed = []
@@ -689,7 +733,8 @@ class QueueStore:
     def _pending_bytes(self) -> int:
         return int(
             self._db.execute(
-                f"SELECT COALESCE(SUM(n_bytes),0) FROM {TABLE} WHERE status <> ?", (ACKED,)
+                f"SELECT COALESCE(SUM(n_bytes),0) FROM {TABLE} WHERE status NOT IN (?, ?)",
+                (ACKED, EXPORTED),
             ).fetchone()[0]
         )
 

@@ -9,7 +9,9 @@ from collector.collector import Collector
 from collector.lines import LineSplitter
 from ila_agent.clock import Clock
 from ila_agent.config import FileSource
+from queue_store.records import event_uid
 from queue_store.store import QueueStore
+from tests.fakes import FakeClock
 
 
 class TestLineSplitter:
@@ -61,7 +63,9 @@ class TestLineSplitter:
         assert (out.texts, out.offsets, out.end) == (["part"], [5], 9)
 
 
-def make(tmp: Path, sources: list[str], *, first_start: bool, start: str = "end") -> Collector:
+def make(
+    tmp: Path, sources: list[str], *, first_start: bool, start: str = "end", clock=None
+) -> Collector:
     store = QueueStore(str(tmp / "b.db"))
     return Collector(
         store,
@@ -71,7 +75,7 @@ def make(tmp: Path, sources: list[str], *, first_start: bool, start: str = "end"
         partial_line_timeout=5,
         start_position=start,
         poll_interval=0.0,
-        clock=Clock(),
+        clock=clock or Clock(),
         first_start=first_start,
         use_inotify=False,
     )
@@ -119,18 +123,41 @@ class TestPositions:
         shutdown(c)
 
     def test_identical_lines_have_distinct_uids_and_reread_keeps_them(self, tmp_path: Path) -> None:
-        """Same text at two offsets: two uids; a fresh buffer re-reading the file: same uids."""
+        """Same text at two offsets: two uids. A partial line not committed before a crash is
+        read again after the restart with the uid its position gives it."""
         log = tmp_path / "a.log"
-        log.write_text("same\nsame\n")
+        log.write_text("same\nsame\npart")
         c = make(tmp_path, [str(log)], first_start=True, start="beginning")
         c.start_up()
         first = drain(c)
-        shutdown(c)
+        assert [t for t, _ in first] == ["same", "same"]
         assert len({u for _, u in first}) == 2
-        os.remove(tmp_path / "b.db")
+        (cp,) = c.store.checkpoints()
+        c.close()  # a crash: the partial "part" was never committed
+        c.store.close()
+        with open(log, "a") as f:
+            f.write("ial\n")
+        c = make(tmp_path, [str(log)], first_start=False)
+        c.start_up()
+        (again,) = drain(c)
+        assert again == ("partial", event_uid(cp.key, 10))
+        shutdown(c)
+
+    def test_a_new_file_on_a_reused_inode_gets_new_uids(self, tmp_path: Path) -> None:
+        """Same inode, same first line, but a new file: its uids differ from the old one's."""
+        log = tmp_path / "a.log"
+        log.write_text("header\nline\n")
         c = make(tmp_path, [str(log)], first_start=True, start="beginning")
         c.start_up()
-        assert drain(c) == first
+        old = drain(c)
+        (cp,) = c.store.checkpoints()
+        c.store.forget_checkpoint(cp.key)  # as after the old file was let go
+        shutdown(c)
+        c = make(tmp_path, [str(log)], first_start=False)
+        c.start_up()
+        new = drain(c)
+        assert [t for t, _ in new] == [t for t, _ in old]
+        assert not {u for _, u in new} & {u for _, u in old}
         shutdown(c)
 
 
@@ -162,4 +189,55 @@ class TestRotation:
             old.write("a2-late\n")
         texts = [t for t, _ in drain(c)]
         assert sorted(texts) == ["a2-late", "b1"]
+        shutdown(c)
+
+    def test_renamed_file_is_read_long_after_the_rename(self, tmp_path: Path) -> None:
+        """A daemon that writes to the renamed file 20 s later (before its HUP): still read."""
+        clock = FakeClock()
+        log = tmp_path / "a.log"
+        log.write_text("a1\n")
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning", clock=clock)
+        c.start_up()
+        assert [t for t, _ in drain(c)] == ["a1"]
+        with open(log, "a") as old:
+            os.rename(log, tmp_path / "a.log.1")
+            c.step()
+            clock.advance(20)
+            c.step()
+            old.write("a2-much-later\n")
+        assert [t for t, _ in drain(c)] == ["a2-much-later"]
+        clock.advance(31)
+        c.step()
+        assert c.draining == []  # let go once quiet for rotate_grace
+        shutdown(c)
+
+    def test_truncated_and_refilled_past_the_offset(self, tmp_path: Path) -> None:
+        """Truncated and refilled beyond the old position before the agent looked: the new
+        content is read from 0, once."""
+        log = tmp_path / "a.log"
+        log.write_text("".join(f"old {i}\n" for i in range(5)))
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning")
+        c.start_up()
+        assert len(drain(c)) == 5
+        new = [f"new line number {i}" for i in range(10)]
+        log.write_text("".join(x + "\n" for x in new))
+        assert [t for t, _ in drain(c)] == new
+        shutdown(c)
+
+    def test_glob_matching_the_rotated_name_reads_each_line_once(self, tmp_path: Path) -> None:
+        """*.log matches app.log and its rotated name app-1.log: each line once."""
+        log = tmp_path / "app.log"
+        log.write_text("one\n")
+        c = make(tmp_path, [str(tmp_path / "*.log")], first_start=True, start="beginning")
+        c.start_up()
+        with open(log, "a") as w:
+            os.rename(log, tmp_path / "app-1.log")
+            w.write("two\n")
+            w.flush()
+            log.write_text("three\n")
+            for _ in range(3):
+                c.step()
+            w.write("four\n")
+        texts = [t for t, _ in drain(c)]
+        assert sorted(texts) == ["four", "one", "three", "two"]
         shutdown(c)

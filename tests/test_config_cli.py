@@ -77,6 +77,9 @@ class TestConfigErrors:
             ("server_url", 5000, "must be a string"),
             ("buffer_full_policy", "drop_newest", "must be one of"),
             ("log_sources", "/var/log/syslog", "must be an object or a list"),
+            ("heartbeat_interval", float("nan"), "finite"),
+            ("retry_interval", float("inf"), "finite"),
+            ("api_key", "two\nlines", "control or non-Latin-1"),
         ],
     )
     def test_wrong_values_name_file_and_key(

@@ -130,10 +130,10 @@ class TestRetryPolicy:
 
     @pytest.mark.parametrize(
         ("retry_after", "expected"),
-        [(3600.0, 3600.0), (3601.0, RETRY_AFTER_MAX), (86_400.0, 3600.0), (-5.0, 0.0)],
+        [(3600.0, 3600.0), (3601.0, RETRY_AFTER_MAX), (86_400.0, 3600.0), (-5.0, 0.5), (0, 0.5)],
     )
     def test_retry_after_is_clamped_to_one_hour(self, retry_after: float, expected: float) -> None:
-        """Retry-After is clamped to [0, 3600] seconds."""
+        """Retry-After is clamped to [0.5, 3600] seconds: never a tight loop, never > 1 h."""
         assert RetryPolicy(30.0, jitter=identity).next_delay(retry_after) == expected
 
     def test_retry_after_still_counts_as_a_failure(self) -> None:

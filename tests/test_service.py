@@ -117,15 +117,17 @@ class TestInstallScript:
 
 class TestWheel:
     def test_wheel_installs_into_a_fresh_venv(self, tmp_path: Path) -> None:
-        """python -m build makes a wheel; it installs in a fresh venv and ila-agent --help runs."""
+        """python -m build makes an sdist and a wheel; the wheel installs in a fresh venv and
+        ila-agent --help runs."""
         dist = tmp_path / "dist"
         out = subprocess.run(
-            [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)],
+            [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert out.returncode == 0, out.stderr[-2000:]
         wheels = list(dist.glob("ila_soc_agent-*.whl"))
         assert len(wheels) == 1 and __version__ in wheels[0].name
+        assert len(list(dist.glob(f"ila_soc_agent-{__version__}.tar.gz"))) == 1
         venv = tmp_path / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         pip = subprocess.run(

@@ -196,3 +196,71 @@ class TestOwnership:
         assert [e.log_text for e in lease.entries] == ["old 0", "old 1", "old 2"]
         assert len({e.event_uid for e in lease.entries}) == 3
         s.close()
+
+
+class TestReviewRegressions:
+    def test_leases_of_a_dead_process_with_our_pid_are_resumed(self, tmp_path: Path) -> None:
+        """A crashed agent whose pid the new one reuses (a container's pid 1): its in-flight
+        items are sent again, not stuck."""
+        s = QueueStore(str(tmp_path / "b.db"), lock=False)
+        for i in range(10):
+            s.commit([chunk([f"l{i}"], i * 10)], None)
+        assert s.lease(5) is not None  # leased under our pid, then "crash": no close
+        again = QueueStore(str(tmp_path / "b.db"), lock=False)
+        assert again.stats().pending == 10
+        lease = again.lease(50)
+        assert lease is not None and len(lease.entries) == 10
+        again.close()
+
+    def test_two_processes_never_lease_the_same_item(self, tmp_path: Path) -> None:
+        """The agent and a tool leasing at the same time: every item goes to exactly one."""
+        db = tmp_path / "b.db"
+        s = QueueStore(str(db))
+        for i in range(3000):
+            s.commit([chunk([f"l{i}"], i * 10)], None)
+        code = (
+            "import json, sys; from queue_store.store import QueueStore, Selection, READY;"
+            f"s = QueueStore({str(db)!r}, lock=False); got = [];\n"
+            "while (l := s.lease(1, Selection(statuses=(READY,)))) is not None:\n"
+            "    got.extend(l.item_ids)\n"
+            "print(json.dumps(got)); import os; os._exit(0)"
+        )
+        tool = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent
+        )
+        mine: list[int] = []
+        while (lease := s.lease(1)) is not None:
+            mine.extend(lease.item_ids)
+        out, _ = tool.communicate(timeout=60)
+        theirs = json.loads(out)
+        assert not set(mine) & set(theirs)
+        assert sorted(mine + theirs) == list(range(1, 3001))
+        s.close()
+
+    def test_import_with_a_batch_size_not_dividing_the_stage(self, tmp_path: Path) -> None:
+        """12,000 entries in items of 30: all 12,000 imported, none lost at stage edges."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        entries = [
+            {"log_text": f"e{i}", "source": "s", "timestamp": "t", "event_uid": f"u{i}"}
+            for i in range(12000)
+        ]
+        assert s.import_entries(iter(entries), per_item=30) == (12000, 0)
+        assert s.import_entries(iter(entries), per_item=30) == (0, 12000)
+        assert s.stats().pending == 12000
+        s.close()
+
+    def test_exported_history_goes_before_unexported_lines(self, tmp_path: Path) -> None:
+        """Over budget after an export: exported entries are forgotten, no pending one dropped."""
+        s = QueueStore(str(tmp_path / "b.db"), max_bytes=100_000)
+        line = "x" * 999
+        for i in range(90):
+            s.commit([chunk([line], i * 1000)], None)
+        lease = s.lease(90)
+        assert lease is not None
+        s.mark_exported(lease.item_ids)
+        for i in range(90, 180):
+            s.commit([chunk([line], i * 1000)], None)
+        st = s.stats()
+        assert (st.pending, st.dropped) == (90, 0)
+        assert st.exported < 90
+        s.close()

@@ -21,7 +21,6 @@ import structlog
 
 from ila_agent.clock import Clock, rfc3339_ms
 from ila_agent.config import EventLogSource
-from ila_agent.errors import BufferFull
 from queue_store.store import QueueStore
 
 log = structlog.get_logger("collector")
@@ -214,17 +213,11 @@ class EventLogReader:
         return str(text).strip() if text else None
 
     def _commit(self, entries: list[dict[str, Any]], pos: Position) -> None:
-        while True:
-            try:
-                self.store.commit_records(
-                    entries, key=self.key, source=f"Windows-{self.spec.channel}",
-                    cursor=pos.dumps(), per_item=self.batch_size,
-                )  # fmt: skip
-                return
-            except BufferFull:
-                if self.clock.stopped:
-                    return  # not committed: read again after the restart
-                self.store.wait_for_room(1.0)
+        # Not committed only when stopping: those events are read again after the restart.
+        self.store.commit_records_waiting(
+            entries, key=self.key, source=f"Windows-{self.spec.channel}", cursor=pos.dumps(),
+            per_item=self.batch_size, stopped=lambda: self.clock.stopped,
+        )  # fmt: skip
 
     def _describe(self, exc: Exception) -> str:
         code = getattr(exc, "winerror", None)

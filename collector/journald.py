@@ -18,7 +18,6 @@ import structlog
 
 from ila_agent.clock import Clock, rfc3339_ms
 from ila_agent.config import JournaldSource
-from ila_agent.errors import BufferFull
 from queue_store.store import QueueStore
 
 log = structlog.get_logger("collector")
@@ -216,17 +215,11 @@ class JournalReader:
         return False
 
     def _commit(self, entries: list[dict[str, Any]], cursor: str) -> None:
-        while True:
-            try:
-                self.store.commit_records(
-                    entries, key=self.key, source=self.name, cursor=cursor,
-                    per_item=self.batch_size,
-                )  # fmt: skip
-                return
-            except BufferFull:
-                if self.clock.stopped:
-                    return  # not committed: read again after the restart
-                self.store.wait_for_room(1.0)
+        # Not committed only when stopping: those entries are read again after the restart.
+        self.store.commit_records_waiting(
+            entries, key=self.key, source=self.name, cursor=cursor, per_item=self.batch_size,
+            stopped=lambda: self.clock.stopped,
+        )  # fmt: skip
 
     def _report(self, problem: str) -> None:
         if problem != self._problem:

@@ -58,12 +58,14 @@ def resolve_agent_id(cfg: AgentConfig) -> str:
     return new
 
 
-def open_store(cfg: AgentConfig) -> QueueStore:
+def open_store(cfg: AgentConfig, *, lock: bool = True) -> QueueStore:
+    """The configured buffer; ``lock=False`` for tools working beside a running agent."""
     return QueueStore(
         cfg.buffer_db,
         max_bytes=cfg.buffer_max_bytes,
         full_policy=cfg.buffer_full_policy,
         acked_retention_s=cfg.acked_retention_hours * 3600.0,
+        lock=lock,
     )
 
 

@@ -214,10 +214,6 @@ def read_hmac_key(cfg: AgentConfig) -> bytes | None:
 
 def open_tool_store(cfg: AgentConfig) -> QueueStore:
     """The buffer for a tool: no ownership lock, so it works while the agent runs."""
-    return QueueStore(
-        cfg.buffer_db,
-        max_bytes=cfg.buffer_max_bytes,
-        full_policy=cfg.buffer_full_policy,
-        acked_retention_s=cfg.acked_retention_hours * 3600.0,
-        lock=False,
-    )
+    from ila_agent.agent import open_store
+
+    return open_store(cfg, lock=False)

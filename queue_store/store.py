@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -368,6 +368,29 @@ class QueueStore:
             self._total_bytes += new_bytes
         if rows:
             self._q.put_event.set()
+
+    def commit_records_waiting(
+        self,
+        entries: Sequence[dict[str, Any]],
+        *,
+        key: str,
+        source: str,
+        cursor: str,
+        per_item: int,
+        stopped: Callable[[], bool],
+    ) -> bool:
+        """commit_records; under policy ``block``, wait for room until ``stopped()``.
+        False when it stopped before the records were committed."""
+        while True:
+            try:
+                self.commit_records(
+                    entries, key=key, source=source, cursor=cursor, per_item=per_item
+                )
+                return True
+            except BufferFull:
+                if stopped():
+                    return False
+                self.wait_for_room(1.0)
 
     def get_cursor(self, key: str) -> str | None:
         with self._tx:

@@ -138,7 +138,7 @@ def _decode(raw: bytes) -> tuple[str, dict[str, Any] | None]:
         }
 
 
-def _decode_cut(cut: bytes, original: int) -> tuple[str, dict[str, Any]]:
+def _decode_cut(cut: bytes, original: int) -> tuple[str, dict[str, Any] | None]:
     """A line cut at max_line_bytes: a character split by the cut is dropped, not garbled."""
     extra: dict[str, Any] = {"truncated": True, "original_bytes": original}
     for trim in range(4):

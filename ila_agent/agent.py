@@ -24,7 +24,7 @@ from forwarder.registrar import AgentInfo, Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.transport import Transport, TransportSettings, warn_plain_http
 from ila_agent.clock import Clock
-from ila_agent.config import AgentConfig, EventLogSource, JournaldSource
+from ila_agent.config import AgentConfig, EventLogSource, FileSource, JournaldSource
 from ila_agent.version import __version__
 from queue_store.store import QueueStore
 
@@ -92,10 +92,16 @@ def agent_info(cfg: AgentConfig, agent_id: str) -> AgentInfo:
         os_type=platform.system(),
         os_version=platform.release(),
         agent_version=__version__,
-        sources=tuple(
-            getattr(s, "pattern", None) or getattr(s, "name", "journald") for s in cfg.sources
-        ),
+        sources=tuple(_source_label(s) for s in cfg.sources),
     )
+
+
+def _source_label(src: FileSource | EventLogSource | JournaldSource) -> str:
+    if isinstance(src, FileSource):
+        return src.pattern
+    if isinstance(src, EventLogSource):
+        return src.name
+    return "journald" + (f":{src.directory}" if src.directory else "")
 
 
 class Agent:
@@ -192,8 +198,8 @@ class Agent:
         ]
         store.set_meta("started_before", "1")
         self._spawn("collector", collector.run)
-        for reader in event_logs:
-            self._spawn(f"eventlog-{reader.spec.channel}", reader.run)
+        for event_log in event_logs:
+            self._spawn(f"eventlog-{event_log.spec.channel}", event_log.run)
         for i, reader in enumerate(journals):
             self._spawn(f"journald-{i}", reader.run)
 

@@ -375,9 +375,9 @@ def _api_key_raw(r: _Reader) -> tuple[str | None, str | None]:
         if not key:
             raise r.error("api_key_file", f"{key_file} is empty")
         return key, f"file {key_file}"
-    key = r.string("api_key", None)
-    if key is not None and key.strip():
-        return key.strip(), "config api_key"
+    inline = r.string("api_key", None)
+    if inline is not None and inline.strip():
+        return inline.strip(), "config api_key"
     return None, None
 
 

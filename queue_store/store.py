@@ -164,7 +164,7 @@ class QueueStore:
         except BaseException:
             self._release_lock()
             raise
-        self._db = self._q._putter
+        self._db: sqlite3.Connection = self._q._putter  # type: ignore[assignment]
         self._tx = self._q.tran_lock
         self._room = threading.Condition()
         self._closed = False
@@ -898,7 +898,7 @@ def _take_lock(lock_path: str) -> int:
         import msvcrt
 
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         except OSError:
             os.close(fd)
             raise BufferLocked(_locked_message(lock_path)) from None

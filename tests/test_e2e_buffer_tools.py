@@ -222,3 +222,44 @@ class TestAirGap:
         write_lines(unsigned_dir / "x.log", ["x"])
         assert right.cli("export", str(plain_bundle)).returncode == 0  # signed by k1
         assert plain.cli("import", str(plain_bundle)).returncode == 0  # no key: not checked
+
+
+class TestProgress:
+    def test_progress_bar_on_a_terminal_only(self, tmp_path: Path, agents) -> None:
+        """export shows a progress bar on a terminal; piped, its output has no bar."""
+        import os
+        import pty
+        import subprocess
+        import sys
+
+        log = tmp_path / "app.log"
+        write_lines(log, [f"p{i}" for i in range(12000)])
+        agent = AgentProc(tmp_path, log_sources=[str(log)])
+        agents.append(agent)
+        agent.start()
+        wait_until(lambda: agent.status()["pending"] == 12000, 30, what="12000 pending")
+        agent.terminate()
+        piped = agent.cli("export", str(tmp_path / "piped.bundle"))
+        assert "exporting [" not in piped.stdout + piped.stderr
+        agent.cli("export", "--all", str(tmp_path / "again.bundle"))  # make them exportable
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ila_agent", "export", "--all", "--config",
+             str(agent.config_path), str(tmp_path / "tty.bundle")],
+            stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+        )  # fmt: skip
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(60)
+        os.close(master)
+        shown = b"".join(chunks).decode("utf-8", "replace")
+        assert proc.returncode == 0
+        assert "exporting [" in shown and "12000/12000 (100%)" in shown

@@ -6,6 +6,7 @@ import os
 import secrets
 import threading
 from collections.abc import Sequence
+from fnmatch import fnmatch
 
 import structlog
 
@@ -87,11 +88,15 @@ class Collector:
     def start_up(self) -> None:
         """Open every configured file at its saved or initial position; adopt rotated ones."""
         self._discover(self.clock.monotonic(), at_startup=True)
-        held = {(os.fstat(t.fd).st_dev, os.fstat(t.fd).st_ino) for t in self.active.values()}
+        held = {(os.fstat(t.fd).st_dev, os.fstat(t.fd).st_ino): t.key for t in self.active.values()}
         for cp in self.store.checkpoints():
-            if (cp.file_id.dev, cp.file_id.ino) in held:
-                continue
-            self._adopt_orphan(cp)
+            inode = (cp.file_id.dev, cp.file_id.ino)
+            if inode not in held:
+                self._adopt_orphan(cp)
+            elif held[inode] != cp.key:
+                # An older content generation of a file we read now (rewritten while we
+                # were stopped): nothing of it can be read any more.
+                self.store.forget_checkpoint(cp.key)
         self.first_start = False
 
     def close(self) -> None:
@@ -233,7 +238,15 @@ class Collector:
             self.watcher.refresh(watch_dirs(self.sources))
         found = discover(self.sources)
         for src in self.sources:
-            if not has_magic(src.pattern) and src.pattern not in found:
+            if src.pattern in found:
+                continue
+            if has_magic(src.pattern):
+                if not any(name == (src.name or path) and fnmatch(path, src.pattern)
+                           for path, name in found.items()):  # fmt: skip
+                    self._report(src.pattern, "no file matches yet: waiting", level="info")
+            elif os.path.exists(src.pattern):
+                self._report(src.pattern, "not a regular file (a directory?): not read")
+            else:
                 self._report(src.pattern, "missing: waiting for it to appear", level="info")
         for path, name in found.items():
             if path not in self.active:

@@ -16,6 +16,7 @@ class SendHealth:
         self._wall = wall
         self._lock = threading.Lock()
         self.error: str | None = None
+        self._stale = True  # an error saved by an earlier run is cleared by our first success
 
     def failed(self, reason: str) -> bool:
         """Record ``reason``; True when it is new (worth a log line)."""
@@ -23,6 +24,7 @@ class SendHealth:
             if reason == self.error:
                 return False
             self.error = reason
+            self._stale = False
         self._save(f"{rfc3339_ms(self._wall())} {reason}")
         return True
 
@@ -30,6 +32,7 @@ class SendHealth:
         """Clear the error; returns the one that ended, if any."""
         with self._lock:
             ended, self.error = self.error, None
-        if ended is not None:
+            stale, self._stale = self._stale, False
+        if ended is not None or stale:
             self._save(None)
         return ended

@@ -41,6 +41,7 @@ class Heartbeat:
         self.next_register = 0.0
         self.next_beat: float | None = None
         self._failing = False
+        self._register_reason: str | None = None
 
     def run(self) -> None:
         while not self.clock.stopped:
@@ -65,13 +66,21 @@ class Heartbeat:
                     self.health.ok()
                 self.next_beat = self.clock.monotonic() + self.interval
                 return 0.0
-            reason = result if isinstance(result, str) else f"server answered {result.status}"
+            if isinstance(result, str):
+                reason = result
+            elif result.status in (401, 403):
+                reason = f"API key rejected ({result.status})"
+            else:
+                reason = f"server answered {result.status}"
             retry_after = result.retry_after if isinstance(result, Reply) else None
             delay = self.retry.next_delay(retry_after)
             self.next_register = now + delay
-            log.warning("register_failed", reason=reason, retry_in_s=round(delay, 2))
-            if self.health is not None:
-                self.health.failed(f"register: {reason}")
+            new = self.health.failed(f"register: {reason}") if self.health else True
+            if new or reason != self._register_reason:
+                # Said when the reason changes, so a long outage does not flood the log.
+                level = log.error if "API key" in reason else log.warning
+                level("register_failed", reason=reason, retry_in_s=round(delay, 2))
+            self._register_reason = reason
             return delay
         if self.next_beat is None:
             self.next_beat = now + self.interval

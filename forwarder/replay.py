@@ -66,7 +66,12 @@ def replay(
         if not registrar.registered.is_set():
             result = registrar.register(transport)
             if not (isinstance(result, Reply) and 200 <= result.status < 300):
-                error = result if isinstance(result, str) else f"register: HTTP {result.status}"
+                if isinstance(result, str):
+                    error = result
+                elif result.status in (401, 403):
+                    error = f"register: API key rejected ({result.status})"
+                else:
+                    error = f"register: server answered {result.status}"
                 if reg_retry.failures + 1 >= max_failures:
                     break
                 clock.wait(reg_retry.next_delay())

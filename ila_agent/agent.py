@@ -133,8 +133,7 @@ class Agent:
             "agent_starting",
             version=__version__,
             agent_id=agent_id,
-            mode="collect-only" if cfg.collect_only else "forwarding",
-            server=cfg.server_url,
+            mode="collect-only" if cfg.collect_only else f"forwarding to {cfg.server_url}",
             buffer=cfg.buffer_db,
         )
         if cfg.collect_only:

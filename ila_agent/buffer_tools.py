@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ila_agent.config import AgentConfig
-from ila_agent.errors import AgentError, ConfigError
+from ila_agent.errors import AgentError, ConfigError, UsageError
 from queue_store.store import (
     EFFECTIVE_STATE,
     STATES,
@@ -46,7 +46,7 @@ def parse_since(text: str) -> float:
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise AgentError(
+        raise UsageError(
             f"--since {text!r}: use an RFC 3339 time, epoch seconds, or an age like 2h"
         ) from None
     if dt.tzinfo is None:
@@ -69,6 +69,7 @@ def status_report(cfg: AgentConfig) -> dict[str, Any]:
         con.close()  # the agent is creating it right now: nothing in it yet
         con = None
     checkpoints: list[tuple[str, str, int]] = []
+    report["buffer_exists"] = con is not None
     if con is None:
         report.update(
             pending=0, pending_bytes=0, oldest_pending_age_s=None, dead_letter=0, dropped=0,
@@ -134,6 +135,8 @@ def format_status(report: dict[str, Any]) -> str:
     ]
     if report.get("quarantined"):
         lines.append(f"QUARANTINED:     {report['quarantined']}")
+    if not report.get("buffer_exists", True):
+        lines.append("note:            no buffer yet: the agent has not run with this config")
     lines.append("")
     lines.append(f"{'SOURCE':<40} {'POSITION':>12} {'SIZE':>12} {'LAG':>10}")
     for s in report["sources"]:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ila_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
-from ila_agent.errors import AgentError, BufferLocked, ConfigError
+from ila_agent.errors import AgentError, BufferLocked, ConfigError, UsageError
 from ila_agent.version import __version__
 
 EXIT_OK = 0
@@ -20,11 +20,22 @@ EPILOG = """exit codes:
   0  success (run: stopped by SIGTERM/SIGINT; replay: everything it tried was accepted)
   1  runtime failure (buffer owned by another agent, a bundle rejected, a replay that
      left entries unsent or dead-lettered, a thread crashed, ...)
-  2  configuration error (the message names the file and the key)
+  2  configuration error (the message names the file and the key), or a command line
+     that cannot work (a bad option value, a file or folder that is unsafe)
 
 Progress bars appear only when stdout is a terminal; `--json` and `inspect` output stays
 machine-readable.
 """
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ins.add_argument("--source", default=None, help="only this source name")
     ins.add_argument("--since", default=None, help="RFC 3339 time, epoch, or age (2h, 30m)")
-    ins.add_argument("--limit", type=int, default=None, help="at most N entries")
+    ins.add_argument("--limit", type=_positive, default=None, help="at most N entries")
     rp = cmd("replay", "send what is buffered now, then exit")
     rp.add_argument("--dead-letter", action="store_true", help="the dead letters too")
     rp.add_argument("--acked", action="store_true", help="re-send acked history (with --since)")
@@ -108,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ila-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"ila-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (BufferLocked, AgentError) as exc:
         print(f"ila-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -137,7 +151,12 @@ def _run(cfg: AgentConfig, _args: argparse.Namespace) -> int:
 
 
 def _check_config(cfg: AgentConfig, _args: argparse.Namespace) -> int:
+    from ila_agent.permissions import check_permissions
+
+    warnings = check_permissions(cfg)
     print(json.dumps(cfg.redacted(), indent=2))
+    for text in warnings:
+        print(f"warning: {text}")
     if cfg.collect_only:
         print("note: no server_url: collect-only mode (lines are buffered, never sent)")
     if cfg.unknown_keys:
@@ -182,11 +201,11 @@ def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
     if args.server_url:
         server_url = parse_server_url(args.server_url, origin="--server-url")
     if server_url is None:
-        raise AgentError("replay needs a server: set server_url or pass --server-url")
+        raise UsageError("replay needs a server: set server_url or pass --server-url")
     if cfg.api_key is None:
         raise ConfigError(cfg.config_path, "api_key", "missing: replay needs the API key")
     if args.acked and not args.since:
-        raise AgentError("--acked needs --since (how far back to re-send acked history)")
+        raise UsageError("--acked needs --since (how far back to re-send acked history)")
     since = parse_since(args.since) if args.since else None
     statuses: tuple[int, ...] = (ACKED,) if args.acked else (READY,)
     if args.dead_letter:
@@ -222,6 +241,9 @@ def _export(cfg: AgentConfig, args: argparse.Namespace) -> int:
     from queue_store.bundle import count_exportable, export_bundle
 
     key = read_hmac_key(cfg)
+    folder = os.path.dirname(os.path.abspath(args.bundle))
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {args.bundle}: the folder {folder} does not exist")
     info = agent_info(cfg, resolve_agent_id(cfg))
     store = open_tool_store(cfg)
     try:

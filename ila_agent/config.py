@@ -153,6 +153,7 @@ class _Reader:
         self.file = file
         self.raw = raw
         self.base = base
+        self.unknown: list[str] = []  # nested keys nobody reads (typos), warned about
 
     def error(self, key: str, problem: str) -> ConfigError:
         return ConfigError(self.file, key, problem)
@@ -239,7 +240,7 @@ KNOWN_KEYS = frozenset(
 
 def load_config(path: str | os.PathLike[str], *, platform: str | None = None) -> AgentConfig:
     """Read and validate ``path``; raises ConfigError naming the file and the key."""
-    file = str(path)
+    file = os.path.abspath(str(path))
     try:
         text = Path(file).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -319,7 +320,7 @@ def parse_config(
         compression=r.choice("compression", None, COMPRESSIONS),
         bundle_hmac_key_file=r.path("bundle_hmac_key_file", None),
         log_level=log_level,
-        unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)),
+        unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)) + tuple(r.unknown),
         **tls,
     )
 
@@ -439,6 +440,12 @@ def _source_item(r: _Reader, key: str, item: Any) -> Source:
     if not isinstance(item, dict):
         raise r.error(key, f"must be a path or an object, got {_kind(item)}")
     kind = item.get("type", "file")
+    allowed = {
+        "file": {"type", "path", "source"},
+        "windows_eventlog": {"type", "channel", "query"},
+        "journald": {"type", "matches", "directory"},
+    }.get(kind, set(item))
+    r.unknown.extend(f"{key}.{k}" for k in sorted(set(item) - allowed))
     if kind == "file":
         path = item.get("path")
         if not isinstance(path, str) or not path.strip():

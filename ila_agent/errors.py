@@ -2,6 +2,7 @@
 
     AgentError
     ├── ConfigError            → exit 2 with "file: key: what is wrong" (no traceback)
+    ├── UsageError             → exit 2: a command-line option that cannot work
     ├── BufferLocked           → exit 1: another agent process owns this buffer
     ├── QueueCorrupt           → quarantine the buffer file, start a fresh one, keep collecting
     ├── BufferFull             → policy "block": the collector waits for room
@@ -28,6 +29,10 @@ class ConfigError(AgentError):
         self.problem = problem
         where = f"{file}: {key}: " if key else f"{file}: "
         super().__init__(where + problem)
+
+
+class UsageError(AgentError):
+    """The command line asks for something that cannot work."""
 
 
 class BufferLocked(AgentError):

@@ -7,11 +7,11 @@ import stat
 import sys
 
 from ila_agent.config import AgentConfig
-from ila_agent.errors import AgentError
+from ila_agent.errors import UsageError
 
 
-class UnsafePermissions(AgentError):
-    """A file the agent trusts can be changed by any user."""
+class UnsafePermissions(UsageError):
+    """A file the agent trusts can be changed by any user (exit 2: restarting won't help)."""
 
 
 def _world_writable(path: str) -> bool:
@@ -29,10 +29,11 @@ def check_permissions(cfg: AgentConfig) -> list[str]:
         return []
     targets = [("configuration", cfg.config_path), ("buffer", cfg.buffer_db)]
     for what, path in targets:
-        for p in (path, os.path.dirname(os.path.abspath(path))):
+        folder = os.path.dirname(os.path.abspath(path))
+        for p, name in ((path, f"the {what}"), (folder, f"the folder of the {what}")):
             if os.path.exists(p) and _world_writable(p):
                 raise UnsafePermissions(
-                    f"refusing to start: the {what} {p} can be written by any user "
+                    f"refusing to start: {name} {p} can be written by any user "
                     f"(mode {oct(stat.S_IMODE(os.stat(p).st_mode))}); fix it with: chmod o-w {p}"
                 )
     warnings = []

@@ -31,6 +31,19 @@ def get(url: str) -> dict:
         return json.loads(r.read())
 
 
+def show_new(port: int, after: int, shown: int) -> tuple[int, int]:
+    """Print the events the receiver got since ``after``."""
+    try:
+        events = get(f"http://127.0.0.1:{port}/api/receiver/events?after={after}")["events"]
+    except OSError:
+        events = []
+    for e in events:
+        after = e["id"]
+        shown += 1
+        print(f"  [{e['timestamp']}] {e['source']}: {e['log_text']}")
+    return after, shown
+
+
 def sample_line(i: int) -> str:
     ts = time.strftime("%b %d %H:%M:%S")
     ip = f"203.0.113.{random.randint(1, 254)}"
@@ -54,6 +67,8 @@ def main() -> int:
     port = free_port()
     log = work / "auth.log"
     log.write_text("".join(sample_line(i) + "\n" for i in range(5)))
+    for old in work.glob("received.db*"):  # each demo starts with an empty receiver
+        old.unlink()
     config = {
         "server_url": f"http://127.0.0.1:{port}",
         "api_key": KEY,
@@ -115,16 +130,13 @@ def main() -> int:
                         f.write(sample_line(i) + "\n")
                         i += 1
                 next_write = time.monotonic() + 0.7
-            try:
-                events = get(f"http://127.0.0.1:{port}/api/receiver/events?after={after}")["events"]
-            except OSError:
-                events = []
-            for e in events:
-                after = e["id"]
-                shown += 1
-                print(f"  [{e['timestamp']}] {e['source']}: {e['log_text']}")
+            after, shown = show_new(port, after, shown)
             time.sleep(0.2)
-        print(f"\n{shown} of {i} lines arrived so far. Status of the agent's buffer:")
+        drain_until = time.monotonic() + 5  # the last lines: batch_interval is 1 s
+        while shown < i and time.monotonic() < drain_until:
+            after, shown = show_new(port, after, shown)
+            time.sleep(0.2)
+        print(f"\n{shown} of {i} lines written arrived. Status of the agent's buffer:")
         subprocess.run([*exe, "status", "--config", str(work / "config.json")], check=False)
         return 0
     except KeyboardInterrupt:

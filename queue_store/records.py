@@ -30,7 +30,8 @@ class Checkpoint:
 
 def file_key(file_id: FileId, generation: int, epoch: str) -> str:
     """The name of one file's content generation: what event_uids are derived from."""
-    return f"{file_id.key(generation)}~{epoch}"
+    base = file_id.key(generation)
+    return f"{base}~{epoch}" if epoch else base  # no epoch: a position saved before epochs
 
 
 @dataclass(frozen=True)

@@ -241,3 +241,19 @@ class TestRotation:
         texts = [t for t, _ in drain(c)]
         assert sorted(texts) == ["four", "one", "three", "two"]
         shutdown(c)
+
+    def test_a_file_rewritten_while_stopped_leaves_no_stale_position(self, tmp_path: Path) -> None:
+        """Rewritten (same inode, new content) while the agent was down: read from 0, and
+        the old generation's position is forgotten (status shows one row per file)."""
+        log = tmp_path / "a.log"
+        log.write_text("first version\n")
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning")
+        c.start_up()
+        drain(c)
+        shutdown(c)
+        log.write_text("second\n")
+        c = make(tmp_path, [str(log)], first_start=False)
+        c.start_up()
+        assert [t for t, _ in drain(c)] == ["second"]
+        assert [cp.offset for cp in c.store.checkpoints()] == [7]
+        shutdown(c)

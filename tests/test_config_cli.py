@@ -172,3 +172,29 @@ class TestConfigLoading:
         assert out.returncode == 0 and __version__ in out.stdout
         helptext = cli("--help").stdout
         assert "exit codes" in helptext and "2  configuration error" in helptext
+
+
+class TestUsage:
+    def test_nested_unknown_keys_are_warned(self, tmp_path: Path) -> None:
+        """A typo inside a log_sources item is named, like a top-level one."""
+        p = write(tmp_path, {"log_sources": [{"path": "a.log", "sourc": "x"}], "batch_sise": 5})
+        out = cli("check-config", "--config", str(p))
+        assert out.returncode == 0
+        assert "unknown keys ignored: batch_sise, log_sources[0].sourc" in out.stdout
+
+    def test_impossible_command_lines_exit_2(self, tmp_path: Path) -> None:
+        """Bad option values and impossible requests: exit 2, a clear line, no traceback."""
+        p = write(tmp_path, {"log_sources": []})
+        for args in (
+            ("inspect", "--limit", "0"),
+            ("inspect", "--since", "yesterday"),
+            ("replay",),  # collect-only: no server to replay to
+            ("replay", "--acked", "--server-url", "http://127.0.0.1:9"),
+            ("export", str(tmp_path / "no" / "such" / "dir" / "b.bundle")),
+        ):
+            out = cli(*args, "--config", str(p))
+            assert out.returncode == 2, (args, out.stderr)
+            assert "Traceback" not in out.stderr and out.stderr.strip()
+        out = cli("export", str(tmp_path / "nodir" / "b"), "--config", str(p))
+        assert "the folder" in out.stderr and "does not exist" in out.stderr
+        assert ".tmp" not in out.stderr  # no internal temporary file names

@@ -160,3 +160,41 @@ class TestTls:
             assert agent.alive()
         finally:
             receiver.stop()
+
+
+class TestOperatorView:
+    def test_last_error_of_an_earlier_run_is_cleared_by_a_success(
+        self, tmp_path, receiver, agents
+    ) -> None:
+        """A 401 in one run, fixed before the next: status shows no stale error."""
+        receiver.script("register", [{"status": 401}] * 50)
+        log = tmp_path / "app.log"
+        write_lines(log, ["x"])
+        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
+        agents.append(agent)
+        agent.start()
+        wait_until(
+            lambda: "API key rejected" in (agent.status()["last_error"] or ""), 20, what="401"
+        )
+        assert agent.terminate() == 0
+        receiver.configure(reset=True)
+        agent.start()
+        wait_until(lambda: receiver.stats()["events_unique"] == 1, 20, what="delivered")
+        wait_until(lambda: agent.status()["last_error"] is None, 10, what="error cleared")
+
+    def test_a_directory_configured_as_a_log_file_is_said_clearly(
+        self, tmp_path, receiver, agents
+    ) -> None:
+        """A directory where a file belongs: one clear error; the other sources go on."""
+        (tmp_path / "adir").mkdir()
+        good = tmp_path / "good.log"
+        write_lines(good, ["fine"])
+        agent = AgentProc(
+            tmp_path, server_url=receiver.url, log_sources=[str(tmp_path / "adir"), str(good)]
+        )
+        agents.append(agent)
+        agent.start()
+        wait_until(lambda: receiver.stats()["events_unique"] == 1, 20, what="good line")
+        time.sleep(0.6)
+        problems = [json.loads(x) for x in agent.log_text().splitlines() if '"source_problem"' in x]
+        assert len(problems) == 1 and "not a regular file" in problems[0]["problem"]

@@ -260,13 +260,13 @@ class TestPermissions:
         os.chmod(cfg, 0o666)
         run = [sys.executable, "-m", "ila_agent", "run", "--config", str(cfg)]
         out = subprocess.run(run, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 1 and "can be written by any user" in out.stderr
+        assert out.returncode == 2 and "can be written by any user" in out.stderr
         assert str(cfg) in out.stderr
         os.chmod(cfg, 0o600)
         (tmp_path / "b.db").write_bytes(b"")
         os.chmod(tmp_path / "b.db", 0o646)
         out = subprocess.run(run, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 1 and "buffer" in out.stderr
+        assert out.returncode == 2 and "buffer" in out.stderr
 
     def test_key_in_a_world_readable_config_warns(self, tmp_path: Path) -> None:
         """A config holding the key that all can read: a warning (the key is not printed)."""

@@ -10,7 +10,7 @@ import structlog
 from forwarder.health import SendHealth
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
-from forwarder.transport import Reply, Transport
+from forwarder.transport import Transport
 from ila_agent.clock import Clock, rfc3339_ms
 from ila_agent.errors import TransientSendError
 
@@ -60,20 +60,14 @@ class Heartbeat:
             if now < self.next_register:
                 return min(self.next_register - now, 0.5)
             result = self.registrar.register(self.transport)
-            if isinstance(result, Reply) and 200 <= result.status < 300:
+            if result.ok:
                 self.retry.reset()
                 if self.health is not None:
                     self.health.ok()
                 self.next_beat = self.clock.monotonic() + self.interval
                 return 0.0
-            if isinstance(result, str):
-                reason = result
-            elif result.status in (401, 403):
-                reason = f"API key rejected ({result.status})"
-            else:
-                reason = f"server answered {result.status}"
-            retry_after = result.retry_after if isinstance(result, Reply) else None
-            delay = self.retry.next_delay(retry_after)
+            reason = result.reason or "unknown"
+            delay = self.retry.next_delay(result.retry_after)
             self.next_register = now + delay
             new = self.health.failed(f"register: {reason}") if self.health else True
             if new or reason != self._register_reason:

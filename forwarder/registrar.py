@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from forwarder.transport import Reply, Transport
+from forwarder.transport import Transport
 from ila_agent.errors import TransientSendError
 
 log = structlog.get_logger("forwarder")
@@ -33,6 +33,15 @@ class AgentInfo:
         }
 
 
+@dataclass(frozen=True)
+class Registration:
+    """The outcome of one register attempt."""
+
+    ok: bool
+    reason: str | None  # why it failed, key-free
+    retry_after: float | None = None
+
+
 class Registrar:
     """Shared by the batch and heartbeat threads; ``registered`` gates every batch."""
 
@@ -42,17 +51,20 @@ class Registrar:
         self.needed = threading.Event()  # wakes the heartbeat thread to register now
         self.needed.set()
 
-    def register(self, transport: Transport) -> Reply | str:
-        """One attempt; the Reply, or the reason no answer came."""
+    def register(self, transport: Transport) -> Registration:
+        """One attempt; the outcome as a value (the reason when it failed)."""
         try:
             reply = transport.post_json("/api/agent/register", self.info.register_json())
         except TransientSendError as exc:
-            return str(exc)
+            return Registration(False, str(exc))
         if 200 <= reply.status < 300:
             self.needed.clear()
             self.registered.set()
             log.info("registered", agent_id=self.info.agent_id, ms=reply.ms)
-        return reply
+            return Registration(True, None)
+        if reply.status in (401, 403):
+            return Registration(False, f"API key rejected ({reply.status})", reply.retry_after)
+        return Registration(False, f"server answered {reply.status}", reply.retry_after)
 
     def invalidate(self) -> None:
         """The server answered 404: register again before the next batch."""

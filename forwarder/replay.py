@@ -11,7 +11,7 @@ from forwarder.health import SendHealth
 from forwarder.loop import Forwarder
 from forwarder.registrar import AgentInfo, Registrar
 from forwarder.retry import RetryPolicy
-from forwarder.transport import Reply, Transport
+from forwarder.transport import Transport
 from ila_agent.clock import Clock
 from queue_store.store import QueueStore, Selection
 
@@ -65,13 +65,8 @@ def replay(
     while not clock.stopped:
         if not registrar.registered.is_set():
             result = registrar.register(transport)
-            if not (isinstance(result, Reply) and 200 <= result.status < 300):
-                if isinstance(result, str):
-                    error = result
-                elif result.status in (401, 403):
-                    error = f"register: API key rejected ({result.status})"
-                else:
-                    error = f"register: server answered {result.status}"
+            if not result.ok:
+                error = f"register: {result.reason}"
                 if reg_retry.failures + 1 >= max_failures:
                     break
                 clock.wait(reg_retry.next_delay())

@@ -487,7 +487,6 @@ class QueueStore:
                     ids,
                 ).fetchall()
             )
-            picked = [(rid, blobs[rid]) for rid in ids]
             # Another process (the agent, a replay, an export) may lease at the same moment:
             # an item is ours only if it is still in a selected state when we take it.
             marks = ",".join("?" * len(sel.statuses))
@@ -504,6 +503,7 @@ class QueueStore:
             ids = won
             if not ids:
                 return None
+            picked = [(rid, blobs[rid]) for rid in ids]  # only what we won
         entries: list[Entry] = []
         bad: set[int] = set()
         for rid, data in picked:

@@ -15,7 +15,7 @@ import pytest
 from collector.identity import FileId
 from ila_agent.errors import BufferFull, BufferLocked
 from queue_store.records import Checkpoint, Chunk, event_uid
-from queue_store.store import TABLE, QueueStore
+from queue_store.store import TABLE, QueueStore, Selection
 
 FID = FileId(1, 2, 10, "abc")
 
@@ -221,20 +221,26 @@ class TestReviewRegressions:
         code = (
             "import json, sys; from queue_store.store import QueueStore, Selection, READY;"
             f"s = QueueStore({str(db)!r}, lock=False); got = [];\n"
-            "while (l := s.lease(1, Selection(statuses=(READY,)))) is not None:\n"
-            "    got.extend(l.item_ids)\n"
+            "print('go', flush=True)\n"
+            "while s.count(Selection()) > 0:\n"
+            "    l = s.lease(20, Selection(statuses=(READY,)))\n"
+            "    got.extend(e.log_text for e in l.entries) if l else None\n"
             "print(json.dumps(got)); import os; os._exit(0)"
         )
         tool = subprocess.Popen(
             [sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent
         )
-        mine: list[int] = []
-        while (lease := s.lease(1)) is not None:
-            mine.extend(lease.item_ids)
+        assert tool.stdout is not None
+        assert tool.stdout.readline().strip() == b"go"  # both lease from here on
+        mine: list[str] = []
+        while s.count(Selection()) > 0:
+            lease = s.lease(20)  # None when the tool won every candidate: look again
+            if lease is not None:
+                mine.extend(e.log_text for e in lease.entries)
         out, _ = tool.communicate(timeout=60)
         theirs = json.loads(out)
-        assert not set(mine) & set(theirs)
-        assert sorted(mine + theirs) == list(range(1, 3001))
+        assert not set(mine) & set(theirs)  # no entry sent by both
+        assert sorted(mine + theirs) == sorted(f"l{i}" for i in range(3000))
         s.close()
 
     def test_import_with_a_batch_size_not_dividing_the_stage(self, tmp_path: Path) -> None:

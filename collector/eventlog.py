@@ -145,12 +145,16 @@ class EventLogReader:
             self.first_start = False
             return 0
         self.first_start = False
-        gap_checked = pos is None
+        # Record numbers of a filtered query are not consecutive: gaps only show unfiltered.
+        gap_checked = pos is None or (self.spec.query or "*") != "*"
+        skip_record: int | None = None
         if pos is not None:
             try:
-                evt.EvtSeek(
-                    query, 1, bookmark, 0, evt.EvtSeekRelativeToBookmark | evt.EvtSeekStrict
-                )
+                # pywin32's order: (ResultSet, Position, Flags, Bookmark). Seek onto the
+                # bookmarked event itself: strict fails only if that event is gone (cleared,
+                # wrapped), while bookmark+1 would also fail whenever nothing new came.
+                evt.EvtSeek(query, 0, evt.EvtSeekRelativeToBookmark | evt.EvtSeekStrict, bookmark)
+                skip_record = pos.record
             except Exception as exc:
                 # The bookmarked event is gone: the log was cleared or has wrapped.
                 log.warning(
@@ -161,7 +165,14 @@ class EventLogReader:
                 gap_checked = True
         total = 0
         while not self.clock.stopped:
-            handles = evt.EvtNext(query, READ_CHUNK, 0, 0)
+            handles = evt.EvtNext(query, READ_CHUNK)
+            if skip_record is not None and handles:
+                first = render(evt.EvtRender(handles[0], evt.EvtRenderEventXml), "", 0.0)
+                if first["record_number"] == skip_record:
+                    handles = handles[1:]  # the bookmarked event: already committed
+                skip_record = None
+                if not handles:
+                    continue
             if not handles:
                 break
             now = self.clock.wall()
@@ -190,7 +201,7 @@ class EventLogReader:
         """start_position "end" at the first start: remember the newest event, send none."""
         evt = self.evt
         last = None
-        while handles := evt.EvtNext(query, READ_CHUNK, 0, 0):
+        while handles := evt.EvtNext(query, READ_CHUNK):
             last = handles[-1]
         if last is not None:
             evt.EvtUpdateBookmark(bookmark, last)

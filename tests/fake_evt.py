@@ -148,15 +148,21 @@ class FakeWin32EvtLog:
             raise EvtError(87, "EvtCreateBookmark", "The parameter is incorrect.")
         return _Bookmark(m.group(1), int(m.group(2)))
 
-    def EvtSeek(self, q: _Query, offset: int, bm: _Bookmark, timeout: int, flags: int) -> None:
-        assert flags & self.EvtSeekRelativeToBookmark
+    def EvtSeek(
+        self, q: _Query, offset: int, flags: int, bm: _Bookmark | None = None, timeout: int = 0
+    ) -> None:
+        """pywin32's order (ResultSet, Position, Flags, Bookmark, Timeout); Microsoft's rule:
+        with EvtSeekStrict, a position outside the result set (the bookmarked event gone, or
+        past the last event) fails instead of being clamped."""
+        assert isinstance(flags, int) and flags & self.EvtSeekRelativeToBookmark
+        assert isinstance(bm, _Bookmark) and timeout == 0
         idx = next((i for i, e in enumerate(q.events) if e.record == bm.record), None)
-        if idx is None:
+        target = None if idx is None else idx + offset
+        if target is None or not 0 <= target < len(q.events):
             if flags & self.EvtSeekStrict:
                 raise EvtError(ERROR_NOT_FOUND, "EvtSeek", "Element not found.")
-            q.pos = 0
-            return
-        q.pos = idx + offset
+            target = 0 if target is None else min(max(target, 0), len(q.events))
+        q.pos = target
 
     def EvtNext(self, q: _Query, count: int, timeout: int = -1, flags: int = 0) -> tuple:
         out = []

@@ -175,3 +175,33 @@ class TestProblems:
         assert "access denied to the Security channel" in problems[0]["problem"]
         assert "Event Log Readers" in problems[0]["problem"]
         store.close()
+
+
+class TestQuietPolls:
+    def test_idle_polls_read_nothing_and_report_no_gap(self, tmp_path: Path, evt) -> None:
+        """Polling with nothing new sends nothing again and warns of no gap."""
+        for i in range(5):
+            evt.write("Security", 4624, f"x{i}")
+        store = QueueStore(str(tmp_path / "b.db"))
+        r = reader(store, evt)
+        assert r.step() == 5
+        with capture_logs() as logs:
+            assert [r.step(), r.step()] == [0, 0]
+            evt.write("Security", 4624, "new")
+            assert r.step() == 1
+        assert [e for e in logs if e["event"] == "eventlog_gap"] == []
+        assert len(committed(store)) == 6
+        store.close()
+
+    def test_a_filtered_query_is_not_mistaken_for_a_gap(self, tmp_path: Path, evt) -> None:
+        """Filtered record numbers are not consecutive; that is not lost data."""
+        store = QueueStore(str(tmp_path / "b.db"))
+        r = reader(store, evt, query="*[System[(EventID=4625)]]")
+        evt.write("Security", 4625, "a")
+        r.step()
+        evt.write("Security", 4624, "skipped by the filter")
+        evt.write("Security", 4625, "b")
+        with capture_logs() as logs:
+            assert r.step() == 1
+        assert [e for e in logs if e["event"] == "eventlog_gap"] == []
+        store.close()

@@ -158,6 +158,8 @@ class QueueStore:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self.owner = lock
         self._lock_fd = _take_lock(self.path + ".lock") if lock else None
+        # Held while this process may lease: how other processes tell it is alive.
+        self._owner_fd = _try_lock(_owner_lock(self.path, os.getpid()))
         self.quarantined_to: str | None = None
         try:
             self._q = self._open_checked()
@@ -233,7 +235,7 @@ class QueueStore:
             ]
             # At open this store has leased nothing: a lease under our own pid is a previous
             # process's whose pid we reuse (a container's pid 1, a reboot).
-            gone = [o for o in owners if o is None or o == me or not _alive(o)]
+            gone = [o for o in owners if o is None or o == me or not _alive(self.path, o)]
             importers = [
                 r[0]
                 for r in self._db.execute(
@@ -250,7 +252,7 @@ class QueueStore:
                 for o in gone:
                     self._unlease_where("owner IS ?", (o,))
                 for o in set(importers):
-                    if o is None or o == me or not _alive(o):
+                    if o is None or o == me or not _alive(self.path, o):
                         self._drop_staged(o)  # an import that died half-way: none of it
 
     def _unlease_where(self, cond: str, params: tuple[Any, ...]) -> None:
@@ -804,6 +806,11 @@ class QueueStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._owner_fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(_owner_lock(self.path, os.getpid()))
+            os.close(self._owner_fd)
+            self._owner_fd = None
 
 
 def decode_item(item_id: int, data: bytes) -> Iterator[Entry]:
@@ -887,27 +894,36 @@ def _quarantine(path: str) -> str:
     return target
 
 
-def _take_lock(lock_path: str) -> int:
-    """An exclusive lock next to the buffer: one agent process per buffer."""
+def _try_lock(lock_path: str) -> int | None:
+    """An exclusive, non-blocking lock on ``lock_path``: the fd, or None if someone holds it."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:  # Windows
-        import msvcrt
-
         try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        except OSError:
-            os.close(fd)
-            raise BufferLocked(_locked_message(lock_path)) from None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise BufferLocked(_locked_message(lock_path)) from None
+        return None
+    return fd
+
+
+def _take_lock(lock_path: str) -> int:
+    """An exclusive lock next to the buffer: one agent process per buffer."""
+    fd = _try_lock(lock_path)
+    if fd is None:
+        raise BufferLocked(_locked_message(lock_path))
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+def _owner_lock(buffer_path: str, pid: int) -> str:
+    return f"{buffer_path}.owner-{pid}.lock"
 
 
 def _locked_message(lock_path: str) -> str:
@@ -918,14 +934,20 @@ def _locked_message(lock_path: str) -> str:
     return f"another ila-agent process{owner} already owns the buffer {lock_path[:-5]}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _alive(buffer_path: str, pid: int) -> bool:
+    """Is the process that leased under ``pid`` still running? Asked of its owner lock, not
+    of the pid: a pid reused by another process (after a reboot), or seen from another PID
+    namespace, does not hold that lock."""
+    path = _owner_lock(buffer_path, pid)
+    if not os.path.exists(path):
         return False
-    except PermissionError:
+    fd = _try_lock(path)
+    if fd is None:
         return True
-    return True
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return False
 
 
 def _nbytes(e: Entry) -> int:

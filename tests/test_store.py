@@ -270,3 +270,27 @@ class TestReviewRegressions:
         assert (st.pending, st.dropped) == (90, 0)
         assert st.exported < 90
         s.close()
+
+    def test_a_dead_owner_whose_pid_is_now_another_process_is_released(
+        self, tmp_path: Path
+    ) -> None:
+        """Liveness is asked of the owner's lock, not its pid: a reused pid (here a live
+        `sleep`) does not keep a crashed process's leases stuck."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        s.commit([chunk(["a"])], None)
+        s.close()
+        sleeper = subprocess.Popen(["sleep", "30"])
+        try:
+            con = sqlite3.connect(tmp_path / "b.db")
+            con.execute(
+                f"UPDATE {TABLE} SET status = 2, owner = ?, leased_from = 1", (sleeper.pid,)
+            )
+            con.commit()
+            con.close()
+            s = QueueStore(str(tmp_path / "b.db"))
+            lease = s.lease(10)
+            assert lease is not None and [e.log_text for e in lease.entries] == ["a"]
+            s.close()
+        finally:
+            sleeper.kill()
+            sleeper.wait()

@@ -161,13 +161,16 @@ class Agent:
             rotate_grace=cfg.rotate_grace,
         )
         collector.start_up()
+        # A journal or channel with no saved cursor is "first seen": start_position applies
+        # (also when it is added to an agent that ran before), except after a quarantine.
+        records_first = not store.quarantined_to
         journals = [
             JournalReader(
                 store,
                 s,
                 batch_size=cfg.batch_size,
                 start_position=cfg.start_position,
-                first_start=first_start,
+                first_start=records_first,
                 clock=self.clock,
             )
             for s in cfg.sources
@@ -188,7 +191,7 @@ class Agent:
                 evt=evt,
                 batch_size=cfg.batch_size,
                 start_position=cfg.start_position,
-                first_start=first_start,
+                first_start=records_first,
                 clock=self.clock,
                 poll_interval=cfg.poll_interval,
             )

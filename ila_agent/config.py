@@ -300,8 +300,10 @@ def parse_config(
         sources=sources,
         ignored_sources=ignored,
         start_position=r.choice("start_position", DEFAULT_START_POSITION, START_POSITIONS),
-        buffer_db=r.path("buffer_db", DEFAULT_BUFFER_DB) or DEFAULT_BUFFER_DB,
-        agent_log_file=r.path("agent_log_file", DEFAULT_AGENT_LOG_FILE) or DEFAULT_AGENT_LOG_FILE,
+        buffer_db=_service_default(r, "buffer_db", "STATE_DIRECTORY", DEFAULT_BUFFER_DB),
+        agent_log_file=_service_default(
+            r, "agent_log_file", "LOGS_DIRECTORY", DEFAULT_AGENT_LOG_FILE
+        ),
         retry_interval=r.number("retry_interval", DEFAULT_RETRY_INTERVAL),
         connect_timeout=r.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         request_timeout=r.number("request_timeout", DEFAULT_REQUEST_TIMEOUT),
@@ -323,6 +325,14 @@ def parse_config(
         unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)) + tuple(r.unknown),
         **tls,
     )
+
+
+def _service_default(r: _Reader, key: str, env: str, default: str) -> str:
+    """A path key; left out under systemd, it goes to the unit's StateDirectory/LogsDirectory
+    (the config's folder, /etc/ila-agent, is read-only for the service)."""
+    if r.raw.get(key) is None and os.environ.get(env):
+        return os.path.join(os.environ[env].split(":")[0], default)
+    return r.path(key, default) or default
 
 
 def _server_url(r: _Reader) -> str | None:

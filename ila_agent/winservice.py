@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ DISPLAY_NAME = "ILA-SOC agent"
 DESCRIPTION = "Ships security logs to the ILA-SOC server; never loses a line."
 CONFIG_OPTION = "config"
 CLASS_PATH = "ila_agent.winservice.AgentService"
+ERROR_SERVICE_SPECIFIC_ERROR = 1066
+# Restart after 5 s, 5 s, then 60 s; the failure count resets after a day without failures.
+FAILURE_ACTIONS = ["reset=", "86400", "actions=", "restart/5000/restart/5000/restart/60000"]
 
 
 def default_config_path() -> str:
@@ -72,6 +76,10 @@ def service_class(pw: Pywin32) -> type:
             self.ReportServiceStatus(pw.win32service.SERVICE_STOP_PENDING)
             self.stop_event.set()
 
+        # Accept the OS shutdown control too (pywin32 offers it when SvcShutdown exists):
+        # otherwise the agent is killed at shutdown instead of stopping gracefully.
+        SvcShutdown = SvcStop
+
         def SvcDoRun(self) -> None:
             """Run the agent until SvcStop; a config error is reported, not retried."""
             from ila_agent.agent import Agent
@@ -88,6 +96,11 @@ def service_class(pw: Pywin32) -> type:
             except ConfigError as exc:
                 sm.LogErrorMsg(f"{SERVICE_NAME}: configuration error: {exc}")
                 self.exit_code = 2
+                self.ReportServiceStatus(
+                    pw.win32service.SERVICE_STOPPED,
+                    win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR,
+                    svcExitCode=2,
+                )
                 return
             setup_logging(cfg.agent_log_file, level=cfg.log_level, secret=cfg.api_key,
                           console=False)  # fmt: skip
@@ -96,8 +109,17 @@ def service_class(pw: Pywin32) -> type:
             except AgentError as exc:
                 sm.LogErrorMsg(f"{SERVICE_NAME}: {exc}")
                 self.exit_code = 1
+            if self.exit_code:
+                # A failure, not a clean stop: the service manager's recovery actions
+                # (restart, set at install) only act on a service-specific error code.
+                sm.LogErrorMsg(f"{SERVICE_NAME}: stopped with exit code {self.exit_code}")
+                self.ReportServiceStatus(
+                    pw.win32service.SERVICE_STOPPED,
+                    win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR,
+                    svcExitCode=self.exit_code,
+                )
                 return
-            sm.LogInfoMsg(f"{SERVICE_NAME}: stopped (exit {self.exit_code})")
+            sm.LogInfoMsg(f"{SERVICE_NAME}: stopped (exit 0)")
 
     return AgentService
 
@@ -113,7 +135,14 @@ STATE_NAMES = {
 }
 
 
-def service_command(action: str, config_path: str | None, pw: Pywin32, *, out: Any) -> int:
+def service_command(
+    action: str,
+    config_path: str | None,
+    pw: Pywin32,
+    *,
+    out: Any,
+    run: Any = subprocess.run,
+) -> int:
     """install | start | stop | remove | status."""
     su = pw.win32serviceutil
     if action == "install":
@@ -126,6 +155,10 @@ def service_command(action: str, config_path: str | None, pw: Pywin32, *, out: A
             description=DESCRIPTION,
         )
         su.SetServiceCustomOption(SERVICE_NAME, CONFIG_OPTION, path)
+        # Like systemd's Restart=on-failure: sc.exe sets the recovery actions.
+        done = run(["sc.exe", "failure", SERVICE_NAME, *FAILURE_ACTIONS], check=False)
+        if getattr(done, "returncode", 1) != 0:
+            print("warning: could not set restart-on-failure (sc.exe failure)", file=out)
         print(f"service {SERVICE_NAME} installed (automatic start), config {path}", file=out)
         return 0
     if action == "start":

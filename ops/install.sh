@@ -52,9 +52,17 @@ fi
 have_systemd() { [ "$REAL_SYSTEM" = 1 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; }
 
 render_unit() {
-  # The unit names /opt, /etc, /var/lib and /var/log paths: put them under the prefix.
+  # The unit names /opt, /etc, /var/lib and /var/log paths: put them under the prefix. A
+  # supplementary group that does not exist here would stop the unit from starting (216/GROUP):
+  # keep only those this host has.
+  local groups="" g
+  for g in adm systemd-journal; do
+    getent group "$g" >/dev/null 2>&1 && groups="$groups $g"
+  done
+  groups="${groups# }"
   sed -e "s#/opt/ila-agent#$OPT#g" -e "s#/etc/ila-agent#$ETC#g" \
       -e "s#/var/lib/ila-agent#$STATE#g" -e "s#/var/log/ila-agent#$LOGS#g" \
+      -e "s#^SupplementaryGroups=.*#${groups:+SupplementaryGroups=$groups}#" \
       "$SRC/ops/systemd/ila-agent.service"
 }
 

@@ -153,6 +153,18 @@ class TestConfigLoading:
         with pytest.raises(ConfigError, match="api_key"):
             load_config(p2)
 
+    def test_under_systemd_default_paths_go_to_its_directories(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Left out, buffer_db and agent_log_file go to StateDirectory/LogsDirectory."""
+        monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/ila-agent")
+        monkeypatch.setenv("LOGS_DIRECTORY", "/var/log/ila-agent")
+        cfg = load_config(write(tmp_path, {"log_sources": []}))
+        assert cfg.buffer_db == "/var/lib/ila-agent/log_buffer.db"
+        assert cfg.agent_log_file == "/var/log/ila-agent/agent.log"
+        given = load_config(write(tmp_path, {"log_sources": [], "buffer_db": "b.db"}, "c2.json"))
+        assert given.buffer_db == str(tmp_path / "b.db")
+
     def test_agent_id_kept_with_read_only_config(self, tmp_path: Path) -> None:
         """agent_id is generated once and kept beside the buffer, even if config is read-only."""
         from ila_agent.agent import resolve_agent_id

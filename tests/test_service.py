@@ -22,6 +22,16 @@ UNIT = ROOT / "ops" / "systemd" / "ila-agent.service"
 BIN = Path(sys.executable).parent
 
 
+def _group_exists(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def unit_service_section(path: Path) -> dict[str, str]:
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # type: ignore[assignment, method-assign]
@@ -93,6 +103,9 @@ class TestInstallScript:
         assert str(root / "var/lib/ila-agent/log_buffer.db") in check.stdout
         unit = root / "etc/systemd/system/ila-agent.service"
         assert f"ExecStart={exe} run --config {config}" in unit.read_text()
+        groups = [g for g in ("adm", "systemd-journal") if _group_exists(g)]
+        rendered = [x for x in unit.read_text().splitlines() if x.startswith("Supplementary")]
+        assert rendered == ([f"SupplementaryGroups={' '.join(groups)}"] if groups else [])
 
         config.write_text(config.read_text().replace('"server_url": null', '"hostname": "edited"'))
         edited = config.read_text()
@@ -156,8 +169,11 @@ class FakeFramework:
         self.args = args
         self.reported: list[int] = []
 
-    def ReportServiceStatus(self, status: int) -> None:
+    def ReportServiceStatus(
+        self, status: int, waitHint: int = 5000, win32ExitCode: int = 0, svcExitCode: int = 0
+    ) -> None:
         self.reported.append(status)
+        self.exit_codes = (win32ExitCode, svcExitCode)
 
 
 def fake_pywin32(options: dict[str, str]) -> tuple[winservice.Pywin32, list[tuple]]:
@@ -176,6 +192,7 @@ def fake_pywin32(options: dict[str, str]) -> tuple[winservice.Pywin32, list[tupl
     )
     su.QueryServiceStatus = lambda name: (16, 4, 0, 0, 0, 0, 0)  # type: ignore[attr-defined]
     ws = types.ModuleType("win32service")
+    ws.SERVICE_STOPPED = 1  # type: ignore[attr-defined]
     ws.SERVICE_STOP_PENDING = 3  # type: ignore[attr-defined]
     ws.SERVICE_AUTO_START = 2  # type: ignore[attr-defined]
     sm = types.ModuleType("servicemanager")
@@ -211,6 +228,7 @@ class TestWindowsService:
         assert not runner.is_alive()
         assert svc.reported == [3]
         assert svc.exit_code == 0
+        assert svc.SvcShutdown.__name__ == "SvcStop"  # the OS shutdown is a graceful stop
         assert calls[0] == ("info", f"ila-agent: starting with {cfg}")
         assert calls[-1] == ("info", "ila-agent: stopped (exit 0)")
 
@@ -223,14 +241,22 @@ class TestWindowsService:
         svc.SvcDoRun()
         assert svc.exit_code == 2
         assert calls[-1][0] == "error" and "batch_size" in calls[-1][1]
+        assert svc.reported == [1] and svc.exit_codes == (1066, 2)  # a failure, not a stop
 
     def test_command_line_actions(self, tmp_path: Path) -> None:
         """install stores the config path; start/stop/remove/status call the service manager."""
         pw, calls = fake_pywin32({})
         out = io.StringIO()
         cfg = tmp_path / "c.json"
+        ran: list[list[str]] = []
+
+        def run(cmd: list[str], check: bool) -> types.SimpleNamespace:
+            ran.append(cmd)
+            return types.SimpleNamespace(returncode=0)
+
         for action in ("install", "start", "stop", "status", "remove"):
-            assert winservice.service_command(action, str(cfg), pw, out=out) == 0
+            assert winservice.service_command(action, str(cfg), pw, out=out, run=run) == 0
+        assert ran == [["sc.exe", "failure", "ila-agent", *winservice.FAILURE_ACTIONS]]
         names = [c[0] for c in calls]
         assert names == ["InstallService", "set", "StartService", "StopService", "RemoveService"]
         assert calls[0][1] == "ila_agent.winservice.AgentService"

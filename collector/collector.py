@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import threading
 from collections.abc import Sequence
 from fnmatch import fnmatch
@@ -173,6 +174,15 @@ class Collector:
                 if self.clock.stopped:
                     raise _Stopping from exc
                 self.store.wait_for_room(1.0)
+                continue
+            except sqlite3.OperationalError as exc:
+                # Disk full, I/O error: these lines are read but not committed, so keep them
+                # and try again rather than read on (or die and lose them).
+                if not self._blocked_logged:
+                    log.error("buffer_write_failed", error=str(exc), note="retrying")
+                    self._blocked_logged = True
+                if self.clock.wait(1.0):
+                    raise _Stopping from exc
                 continue
             if self._blocked_logged:
                 log.info("buffer_room_again")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from collections import deque
 from dataclasses import replace
@@ -63,7 +65,16 @@ class Forwarder:
 
     def run(self) -> None:
         while not self.clock.stopped:
-            wait = self.step()
+            try:
+                wait = self.step()
+            except sqlite3.OperationalError as exc:
+                # The buffer could not be written (disk full, I/O error): give the batches
+                # back (they are sent again: a duplicate, never a loss) and try later.
+                log.error("buffer_write_failed", error=str(exc), note="batches sent again")
+                with contextlib.suppress(sqlite3.Error):
+                    self.abandon()
+                self.work.clear()
+                wait = IDLE_WAIT
             if wait > 0:
                 self.wake.wait(wait)
                 self.wake.clear()

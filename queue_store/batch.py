@@ -36,8 +36,8 @@ class Lease:
         else:
             self.delivered += len(entries)
         if self.outstanding == 0 and not self.finished:
-            self.finished = True
             self.store.finish(self)
+            self.finished = True  # only once it is written: a failed finish is released
 
 
 class BatchSettledTwice(RuntimeError):

@@ -393,6 +393,11 @@ class QueueStore:
                 if stopped():
                     return False
                 self.wait_for_room(1.0)
+            except sqlite3.OperationalError as exc:  # disk full, I/O error: keep and retry
+                log.error("buffer_write_failed", source=source, error=str(exc), note="retrying")
+                if stopped():
+                    return False
+                time.sleep(1.0)
 
     def get_cursor(self, key: str) -> str | None:
         with self._tx:

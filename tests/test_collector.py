@@ -257,3 +257,33 @@ class TestRotation:
         assert [t for t, _ in drain(c)] == ["second"]
         assert [cp.offset for cp in c.store.checkpoints()] == [7]
         shutdown(c)
+
+
+class TestWriteFailures:
+    def test_a_failing_disk_loses_no_line(self, tmp_path: Path) -> None:
+        """Commits that fail (disk full) are retried with the same lines: none skipped."""
+        import sqlite3
+
+        from structlog.testing import capture_logs
+
+        log = tmp_path / "a.log"
+        log.write_text("".join(f"line {i}\n" for i in range(10)))
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning", clock=FakeClock())
+        real_commit = c.store.commit
+        failures = [2]
+
+        def flaky(chunks, checkpoint):  # type: ignore[no-untyped-def]
+            if failures[0]:
+                failures[0] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_commit(chunks, checkpoint)
+
+        c.store.commit = flaky  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            c.start_up()
+            texts = [t for t, _ in drain(c)]
+        assert texts == [f"line {i}" for i in range(10)]
+        assert [e["event"] for e in logs if e["event"] == "buffer_write_failed"] == [
+            "buffer_write_failed"
+        ]
+        shutdown(c)

@@ -294,3 +294,25 @@ class TestReviewRegressions:
         finally:
             sleeper.kill()
             sleeper.wait()
+
+    def test_a_failed_ack_leaves_the_lease_to_be_released(self, tmp_path: Path) -> None:
+        """If writing the ack fails, the lease is not finished: it can be given back and sent
+        again (a duplicate at worst, never a loss)."""
+        s = QueueStore(str(tmp_path / "b.db"))
+        s.commit([chunk(["a", "b"])], None)
+        lease = s.lease(10)
+        assert lease is not None
+        real_finish = s.finish
+
+        def failing(_lease):  # type: ignore[no-untyped-def]
+            raise sqlite3.OperationalError("database or disk is full")
+
+        s.finish = failing  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            lease.settled(lease.entries, dead=False)
+        assert not lease.finished
+        s.finish = real_finish  # type: ignore[method-assign]
+        s.release(lease)
+        again = s.lease(10)
+        assert again is not None and [e.log_text for e in again.entries] == ["a", "b"]
+        s.close()

@@ -106,6 +106,12 @@ class TestInstallScript:
         groups = [g for g in ("adm", "systemd-journal") if _group_exists(g)]
         rendered = [x for x in unit.read_text().splitlines() if x.startswith("Supplementary")]
         assert rendered == ([f"SupplementaryGroups={' '.join(groups)}"] if groups else [])
+        if shutil.which("systemd-analyze"):  # the unit as installed, its binary real
+            verify = subprocess.run(
+                ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                timeout=60,
+            )  # fmt: skip
+            assert verify.returncode == 0, verify.stderr
 
         config.write_text(config.read_text().replace('"server_url": null', '"hostname": "edited"'))
         edited = config.read_text()

@@ -76,6 +76,16 @@ def service_class(pw: Pywin32) -> type:
             self.ReportServiceStatus(pw.win32service.SERVICE_STOP_PENDING)
             self.stop_event.set()
 
+        def _failed(self, code: int) -> None:
+            """Stopped by a failure, not a stop control: recovery actions (restart, set at
+            install) only act on a service-specific error code."""
+            self.exit_code = code
+            self.ReportServiceStatus(
+                pw.win32service.SERVICE_STOPPED,
+                win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR,
+                svcExitCode=code,
+            )
+
         # Accept the OS shutdown control too (pywin32 offers it when SvcShutdown exists):
         # otherwise the agent is killed at shutdown instead of stopping gracefully.
         SvcShutdown = SvcStop
@@ -95,12 +105,7 @@ def service_class(pw: Pywin32) -> type:
                 cfg = load_config(path)
             except ConfigError as exc:
                 sm.LogErrorMsg(f"{SERVICE_NAME}: configuration error: {exc}")
-                self.exit_code = 2
-                self.ReportServiceStatus(
-                    pw.win32service.SERVICE_STOPPED,
-                    win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR,
-                    svcExitCode=2,
-                )
+                self._failed(2)
                 return
             setup_logging(cfg.agent_log_file, level=cfg.log_level, secret=cfg.api_key,
                           console=False)  # fmt: skip
@@ -110,14 +115,8 @@ def service_class(pw: Pywin32) -> type:
                 sm.LogErrorMsg(f"{SERVICE_NAME}: {exc}")
                 self.exit_code = 1
             if self.exit_code:
-                # A failure, not a clean stop: the service manager's recovery actions
-                # (restart, set at install) only act on a service-specific error code.
                 sm.LogErrorMsg(f"{SERVICE_NAME}: stopped with exit code {self.exit_code}")
-                self.ReportServiceStatus(
-                    pw.win32service.SERVICE_STOPPED,
-                    win32ExitCode=ERROR_SERVICE_SPECIFIC_ERROR,
-                    svcExitCode=self.exit_code,
-                )
+                self._failed(self.exit_code)
                 return
             sm.LogInfoMsg(f"{SERVICE_NAME}: stopped (exit 0)")
 
@@ -161,17 +160,15 @@ def service_command(
             print("warning: could not set restart-on-failure (sc.exe failure)", file=out)
         print(f"service {SERVICE_NAME} installed (automatic start), config {path}", file=out)
         return 0
-    if action == "start":
-        su.StartService(SERVICE_NAME)
-        print(f"service {SERVICE_NAME} starting", file=out)
-        return 0
-    if action == "stop":
-        su.StopService(SERVICE_NAME)
-        print(f"service {SERVICE_NAME} stopping", file=out)
-        return 0
-    if action == "remove":
-        su.RemoveService(SERVICE_NAME)
-        print(f"service {SERVICE_NAME} removed (config and buffer kept)", file=out)
+    simple = {
+        "start": (su.StartService, "starting"),
+        "stop": (su.StopService, "stopping"),
+        "remove": (su.RemoveService, "removed (config and buffer kept)"),
+    }
+    if action in simple:
+        call, said = simple[action]
+        call(SERVICE_NAME)
+        print(f"service {SERVICE_NAME} {said}", file=out)
         return 0
     if action == "status":
         state = su.QueryServiceStatus(SERVICE_NAME)[1]

@@ -46,6 +46,10 @@ EFFECTIVE_STATE = (
 )
 QUEUE_NAME = "lines"
 TABLE = f"ack_queue_{QUEUE_NAME}"
+INSERT_ITEM = (
+    f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
 POLICIES = ("drop_oldest", "block")
 
 
@@ -272,20 +276,25 @@ class QueueStore:
         dumps = json_serializer.dumps
         now = time.time()
         rows = [(dumps(c.to_item()), now, READY, len(c.lines), c.n_bytes, c.source) for c in chunks]
-        new_bytes = sum(c.n_bytes for c in chunks)
+
+        def save_position() -> None:
+            if checkpoint is not None:
+                self._save_checkpoint(checkpoint, now)
+
+        self._commit_rows(rows, save_position)
+
+    def _commit_rows(self, rows: list[tuple[Any, ...]], save_position: Callable[[], None]) -> None:
+        """The durable boundary of every source: items and the read position after them,
+        one transaction, within the byte budget."""
+        new_bytes = sum(r[4] for r in rows)
         with self._tx:
             if self._total_bytes + new_bytes > self.max_bytes and new_bytes:
                 self._make_room(new_bytes)
 
             def write() -> None:
                 if rows:
-                    self._db.executemany(
-                        f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                if checkpoint is not None:
-                    self._save_checkpoint(checkpoint, now)
+                    self._db.executemany(INSERT_ITEM, rows)
+                save_position()
 
             self._write_retrying(write)
             self._total_bytes += new_bytes
@@ -347,29 +356,21 @@ class QueueStore:
         """Commit records (journald, event log) and the cursor after them in one transaction."""
         now = time.time()
         rows = [
-            _entries_row(list(entries[i : i + per_item])) for i in range(0, len(entries), per_item)
+            (d, now, READY, n, nb, src)
+            for d, n, nb, src, _ in (
+                _entries_row(list(entries[i : i + per_item]))
+                for i in range(0, len(entries), per_item)
+            )
         ]
-        new_bytes = sum(r[2] for r in rows)
-        with self._tx:
-            if self._total_bytes + new_bytes > self.max_bytes and new_bytes:
-                self._make_room(new_bytes)
 
-            def write() -> None:
-                self._db.executemany(
-                    f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(d, now, READY, n, nb, src) for d, n, nb, src, _ in rows],
-                )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO cursors (key, source, cursor, updated_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (key, source, cursor, now),
-                )
+        def save_cursor() -> None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO cursors (key, source, cursor, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, source, cursor, now),
+            )
 
-            self._write_retrying(write)
-            self._total_bytes += new_bytes
-        if rows:
-            self._q.put_event.set()
+        self._commit_rows(rows, save_cursor)
 
     def commit_records_waiting(
         self,
@@ -545,11 +546,7 @@ class QueueStore:
                     [(ACKED, now, i) for i in lease.item_ids],
                 )
                 if dead_rows:
-                    self._db.executemany(
-                        f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        dead_rows,
-                    )
+                    self._db.executemany(INSERT_ITEM, dead_rows)
                 if lease.delivered:
                     self._db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_send_ok_at', ?)",

@@ -21,8 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector.identity import FileId  # noqa: E402
-from queue_store.records import Checkpoint, Chunk  # noqa: E402
+from queue_store.records import (  # noqa: E402
+    Checkpoint,
+    Chunk,
+    FileId,
+)
 from queue_store.store import QueueStore  # noqa: E402
 
 

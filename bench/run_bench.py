@@ -276,8 +276,8 @@ def quiet_structlog() -> None:
 
 def ingest_ours(log_file: str, n: int, batch_size: int, workdir: str, deadline_s: float) -> float:
     from collector.collector import Collector
-    from ila_agent.clock import Clock
-    from ila_agent.config import FileSource
+    from collector.discovery import FileSource
+    from ila_core.clock import Clock
     from queue_store.store import QueueStore
 
     shutil.rmtree(workdir, ignore_errors=True)

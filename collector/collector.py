@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
-import sqlite3
 import threading
 from collections.abc import Sequence
 from fnmatch import fnmatch
 
 import structlog
 
-from collector.discovery import discover, has_magic, watch_dirs
+from collector.committing import Committer
+from collector.discovery import FileSource, discover, has_magic, watch_dirs
 from collector.identity import identify, matches
 from collector.tailer import Read, Tailer
 from collector.watcher import Watcher
-from ila_agent.clock import Clock
-from ila_agent.config import FileSource
-from ila_agent.errors import BufferFull
+from ila_core.clock import Clock
 from queue_store.records import Checkpoint
 from queue_store.store import QueueStore
 
@@ -66,7 +64,7 @@ class Collector:
         self.watcher = Watcher(self.wake) if use_inotify else None
         self._problems: dict[str, str] = {}  # path → problem already reported
         self._next_discovery = 0.0
-        self._blocked_logged = False
+        self.committer = Committer(store, clock, "files")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -163,32 +161,10 @@ class Collector:
         return total > 0
 
     def _commit(self, t: Tailer, read: Read) -> None:
-        """The durable boundary; under policy ``block``, wait here (not reading on)."""
-        while True:
-            try:
-                self.store.commit(read.chunks, read.checkpoint)
-            except BufferFull as exc:
-                if not self._blocked_logged:
-                    log.warning("buffer_full_blocking", reason=str(exc))
-                    self._blocked_logged = True
-                if self.clock.stopped:
-                    raise _Stopping from exc
-                self.store.wait_for_room(1.0)
-                continue
-            except sqlite3.OperationalError as exc:
-                # Disk full, I/O error: these lines are read but not committed, so keep them
-                # and try again rather than read on (or die and lose them).
-                if not self._blocked_logged:
-                    log.error("buffer_write_failed", error=str(exc), note="retrying")
-                    self._blocked_logged = True
-                if self.clock.wait(1.0):
-                    raise _Stopping from exc
-                continue
-            if self._blocked_logged:
-                log.info("buffer_room_again")
-                self._blocked_logged = False
-            t.mark_committed(read)
-            return
+        """The durable boundary; waits here (not reading on) while the buffer cannot take it."""
+        if not self.committer.commit(lambda: self.store.commit(read.chunks, read.checkpoint)):
+            raise _Stopping
+        t.mark_committed(read)
 
     # -- rotation, truncation, timeouts ---------------------------------------------------
 

@@ -15,13 +15,14 @@ import hashlib
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
-from ila_agent.clock import Clock, rfc3339_ms
-from ila_agent.config import EventLogSource
-from queue_store.store import QueueStore
+from collector.committing import Committer
+from collector.spec import ReaderContext
+from ila_core.clock import rfc3339_ms
+from ila_core.settings import SettingsReader
 
 log = structlog.get_logger("collector")
 
@@ -31,6 +32,49 @@ ERROR_PRIVILEGE_NOT_HELD = 1314
 ERROR_EVT_CHANNEL_NOT_FOUND = 15007
 READ_CHUNK = 100  # events asked of EvtNext at a time
 LEVELS = {0: "LogAlways", 1: "Critical", 2: "Error", 3: "Warning", 4: "Information", 5: "Verbose"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventLogSource:
+    """A Windows Event Log channel, optionally filtered by an XPath query."""
+
+    type_name: ClassVar[str] = "windows_eventlog"
+    channel: str
+    query: str | None = None
+
+    @classmethod
+    def from_json(cls, r: SettingsReader) -> EventLogSource:
+        r.warn_unknown({"type", "channel", "query"})
+        channel = r.text("channel")
+        query = r.raw.get("query")
+        if query is not None and not isinstance(query, str):
+            raise r.error("query", "must be an XPath string")
+        return cls(channel=channel, query=query)
+
+    @property
+    def name(self) -> str:
+        """The ``source`` its entries carry, as the first agent named it."""
+        return f"Windows-{self.channel}"
+
+    def label(self) -> str:
+        return self.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type_name, "channel": self.channel, "query": self.query}
+
+    def runs_on(self, platform: str) -> bool:
+        return platform.startswith("win")
+
+    def reader(self, ctx: ReaderContext) -> EventLogReader | None:
+        evt = load_win32evtlog()
+        if evt is None:
+            log.error(
+                "eventlog_unavailable",
+                channel=self.channel,
+                reason="pywin32 is not installed: pip install 'ila-soc-agent[windows]'",
+            )
+            return None
+        return EventLogReader(ctx, self, evt=evt)
 
 
 @dataclass(frozen=True)
@@ -99,29 +143,23 @@ def render(xml_text: str, message: str | None, read_at: float) -> dict[str, Any]
 class EventLogReader:
     """One channel: poll, render, commit events + bookmark together."""
 
-    def __init__(
-        self,
-        store: QueueStore,
-        spec: EventLogSource,
-        *,
-        evt: Any,
-        batch_size: int,
-        start_position: str,
-        first_start: bool,
-        clock: Clock,
-        poll_interval: float = 1.0,
-    ) -> None:
-        self.store = store
+    def __init__(self, ctx: ReaderContext, spec: EventLogSource, *, evt: Any) -> None:
+        self.store = ctx.store
         self.spec = spec
         self.evt = evt
-        self.batch_size = batch_size
-        self.start_position = start_position
-        self.first_start = first_start
-        self.clock = clock
-        self.poll_interval = poll_interval
+        self.batch_size = ctx.batch_size
+        self.start_position = ctx.start_position
+        self.first_start = ctx.first_start
+        self.clock = ctx.clock
+        self.poll_interval = ctx.poll_interval
         self.key = f"eventlog:{spec.channel}"
+        self.name = f"eventlog-{spec.channel}"
+        self.committer = Committer(ctx.store, ctx.clock, spec.name)
         self._problem: str | None = None
         self._publishers: dict[str, Any] = {}
+
+    def stop(self) -> None:
+        """Nothing to interrupt: ``run`` waits on the clock, which shutdown stops."""
 
     def run(self) -> None:
         while not self.clock.stopped:
@@ -225,10 +263,15 @@ class EventLogReader:
 
     def _commit(self, entries: list[dict[str, Any]], pos: Position) -> None:
         # Not committed only when stopping: those events are read again after the restart.
-        self.store.commit_records_waiting(
-            entries, key=self.key, source=f"Windows-{self.spec.channel}", cursor=pos.dumps(),
-            per_item=self.batch_size, stopped=lambda: self.clock.stopped,
-        )  # fmt: skip
+        self.committer.commit(
+            lambda: self.store.commit_records(
+                entries,
+                key=self.key,
+                source=self.spec.name,
+                cursor=pos.dumps(),
+                per_item=self.batch_size,
+            )
+        )
 
     def _describe(self, exc: Exception) -> str:
         code = getattr(exc, "winerror", None)

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+
+from queue_store.records import FileId
 
 FINGERPRINT_MAX_BYTES = 256
-
-
-@dataclass(frozen=True)
-class FileId:
-    """A file's identity: inode reuse and rotation give a different FileId."""
-
-    dev: int
-    ino: int
-    fp_len: int
-    fp: str
-
-    def key(self, generation: int = 0) -> str:
-        """A stable name for this file's content generation (bumped by copytruncate)."""
-        return f"{self.dev}:{self.ino}:{self.fp}:{self.fp_len}:{generation}"
-
-    def same_inode(self, st: os.stat_result) -> bool:
-        return st.st_dev == self.dev and st.st_ino == self.ino
 
 
 def pread(fd: int, n: int, offset: int) -> bytes:

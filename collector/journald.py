@@ -12,18 +12,56 @@ import selectors
 import shutil
 import subprocess
 import tempfile
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import structlog
 
-from ila_agent.clock import Clock, rfc3339_ms
-from ila_agent.config import JournaldSource
-from queue_store.store import QueueStore
+from collector.committing import Committer
+from collector.spec import ReaderContext
+from ila_core.clock import rfc3339_ms
+from ila_core.settings import SettingsReader
 
 log = structlog.get_logger("collector")
 
 IDLE_COMMIT = 0.2  # seconds without new entries before a partial chunk is committed
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class JournaldSource:
+    """The systemd journal, optionally filtered and read from a directory."""
+
+    type_name: ClassVar[str] = "journald"
+    matches: tuple[str, ...] = ()
+    directory: str | None = None
+
+    @classmethod
+    def from_json(cls, r: SettingsReader) -> JournaldSource:
+        r.warn_unknown({"type", "matches", "directory"})
+        matches = r.raw.get("matches", [])
+        if not isinstance(matches, list) or not all(
+            isinstance(m, str) and "=" in m for m in matches
+        ):
+            raise r.error("matches", 'must be a list of "FIELD=value" strings')
+        directory = r.raw.get("directory")
+        if directory is not None and not isinstance(directory, str):
+            raise r.error("directory", "must be a path or null")
+        return cls(
+            matches=tuple(matches), directory=r.path("directory", None) if directory else None
+        )
+
+    def label(self) -> str:
+        return "journald" + (f":{self.directory}" if self.directory else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type_name, "matches": list(self.matches), "directory": self.directory}
+
+    def runs_on(self, platform: str) -> bool:
+        return not platform.startswith("win")
+
+    def reader(self, ctx: ReaderContext) -> JournalReader:
+        return JournalReader(ctx, self)
 
 
 def source_key(spec: JournaldSource) -> str:
@@ -78,25 +116,18 @@ class JournalReader:
     """One journal source: runs journalctl, commits entries + cursor, restarts it on failure."""
 
     def __init__(
-        self,
-        store: QueueStore,
-        spec: JournaldSource,
-        *,
-        batch_size: int,
-        start_position: str,
-        first_start: bool,
-        clock: Clock,
-        journalctl: str = "journalctl",
+        self, ctx: ReaderContext, spec: JournaldSource, *, journalctl: str = "journalctl"
     ) -> None:
-        self.store = store
+        self.store = ctx.store
         self.spec = spec
-        self.batch_size = batch_size
-        self.start_position = start_position
-        self.first_start = first_start
-        self.clock = clock
+        self.batch_size = ctx.batch_size
+        self.start_position = ctx.start_position
+        self.first_start = ctx.first_start
+        self.clock = ctx.clock
         self.journalctl = journalctl
         self.key = source_key(spec)
-        self.name = f"journald{':' + spec.directory if spec.directory else ''}"
+        self.committer = Committer(ctx.store, ctx.clock, spec.label())
+        self.name = spec.label()
         self.proc: subprocess.Popen[bytes] | None = None
         self._problem: str | None = None
 
@@ -216,10 +247,11 @@ class JournalReader:
 
     def _commit(self, entries: list[dict[str, Any]], cursor: str) -> None:
         # Not committed only when stopping: those entries are read again after the restart.
-        self.store.commit_records_waiting(
-            entries, key=self.key, source=self.name, cursor=cursor, per_item=self.batch_size,
-            stopped=lambda: self.clock.stopped,
-        )  # fmt: skip
+        self.committer.commit(
+            lambda: self.store.commit_records(
+                entries, key=self.key, source=self.name, cursor=cursor, per_item=self.batch_size
+            )
+        )
 
     def _report(self, problem: str) -> None:
         if problem != self._problem:

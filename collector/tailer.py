@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from collector.identity import FileId, identify, matches, pread
+from collector.identity import identify, matches, pread
 from collector.lines import Lines, LineSplitter
-from queue_store.records import Checkpoint, Chunk, file_key
+from queue_store.records import Checkpoint, Chunk, FileId, file_key
 
 READ_BYTES = 1 << 20
 
@@ -50,15 +50,6 @@ class Tailer:
         self.splitter = LineSplitter(offset, max_line_bytes)
         self.last_data_at = now
         self.draining_since: float | None = None
-
-    @classmethod
-    def open(cls, path: str, source: str, **kw: object) -> Tailer:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            return cls(path, source, fd, **kw)  # type: ignore[arg-type]
-        except BaseException:
-            os.close(fd)
-            raise
 
     @property
     def key(self) -> str | None:
@@ -115,9 +106,6 @@ class Tailer:
     def mark_committed(self, read: Read) -> None:
         if read.checkpoint is not None:
             self.committed = read.checkpoint.offset
-
-    def size(self) -> int:
-        return os.fstat(self.fd).st_size
 
     def was_truncated(self) -> bool:
         """Copytruncate: shorter than what was read, or the first line changed."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from ila_agent.clock import rfc3339_ms
+from ila_core.clock import rfc3339_ms
 
 
 class SendHealth:

@@ -8,11 +8,12 @@ from typing import Any
 import structlog
 
 from forwarder.health import SendHealth
+from forwarder.outcome import Outcome, Request, classify, unanswered
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.transport import Transport
-from ila_agent.clock import Clock, rfc3339_ms
-from ila_agent.errors import TransientSendError
+from ila_core.clock import Clock, rfc3339_ms
+from ila_core.errors import TransientSendError
 
 log = structlog.get_logger("forwarder")
 
@@ -72,7 +73,7 @@ class Heartbeat:
             new = self.health.failed(f"register: {reason}") if self.health else True
             if new or reason != self._register_reason:
                 # Said when the reason changes, so a long outage does not flood the log.
-                level = log.error if "API key" in reason else log.warning
+                level = log.error if result.auth else log.warning
                 level("register_failed", reason=reason, retry_in_s=round(delay, 2))
             self._register_reason = reason
             return delay
@@ -99,19 +100,18 @@ class Heartbeat:
         try:
             reply = self.transport.post_json("/api/agent/heartbeat", payload)
         except TransientSendError as exc:
-            self._fail(str(exc))
-            return
-        if reply.status == 404:
+            decision = unanswered(str(exc))
+        else:
+            decision = classify(reply.status, request=Request.HEARTBEAT)
+        if decision.outcome is Outcome.REREGISTER:
             self.registrar.invalidate()
             self.next_register = 0.0
-        elif 200 <= reply.status < 300:
+        elif decision.ok:
             if self._failing:
                 log.info("heartbeat_ok_again")
             self._failing = False
-        else:
-            self._fail(f"server answered {reply.status}")
-
-    def _fail(self, reason: str) -> None:
-        if not self._failing:
-            log.warning("heartbeat_failed", reason=reason)
-        self._failing = True
+        elif not self._failing:
+            # Once per streak; the next beat comes at the usual interval.
+            level = log.error if decision.auth else log.warning
+            level("heartbeat_failed", reason=decision.reason)
+            self._failing = True

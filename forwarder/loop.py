@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 from collections import deque
 from dataclasses import replace
@@ -12,12 +11,12 @@ import structlog
 
 from forwarder.encode import encode_batch
 from forwarder.health import SendHealth
-from forwarder.outcome import Decision, Outcome, classify
+from forwarder.outcome import Decision, Outcome, classify, unanswered
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.transport import Transport
-from ila_agent.clock import Clock
-from ila_agent.errors import TransientSendError
+from ila_core.clock import Clock
+from ila_core.errors import BufferWriteError, TransientSendError
 from queue_store.batch import Batch
 from queue_store.store import QueueStore, Selection
 
@@ -67,11 +66,11 @@ class Forwarder:
         while not self.clock.stopped:
             try:
                 wait = self.step()
-            except sqlite3.OperationalError as exc:
+            except BufferWriteError as exc:
                 # The buffer could not be written (disk full, I/O error): give the batches
                 # back (they are sent again: a duplicate, never a loss) and try later.
                 log.error("buffer_write_failed", error=str(exc), note="batches sent again")
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(BufferWriteError):
                     self.abandon()
                 self.work.clear()
                 wait = IDLE_WAIT
@@ -130,7 +129,7 @@ class Forwarder:
         try:
             reply = self.transport.post("/api/agent/ingest-batch", encoded.body, encoded.batch_id)
         except TransientSendError as exc:
-            decision = Decision(Outcome.RETRY, str(exc))
+            decision = unanswered(str(exc))
         else:
             decision = classify(reply.status, encoded.n)
             retry_after = reply.retry_after

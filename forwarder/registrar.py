@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from forwarder.outcome import Request, classify, unanswered
 from forwarder.transport import Transport
-from ila_agent.errors import TransientSendError
+from ila_core.errors import TransientSendError
 
 log = structlog.get_logger("forwarder")
 
@@ -40,6 +41,7 @@ class Registration:
     ok: bool
     reason: str | None  # why it failed, key-free
     retry_after: float | None = None
+    auth: bool = False  # the key was rejected
 
 
 class Registrar:
@@ -56,15 +58,15 @@ class Registrar:
         try:
             reply = transport.post_json("/api/agent/register", self.info.register_json())
         except TransientSendError as exc:
-            return Registration(False, str(exc))
-        if 200 <= reply.status < 300:
-            self.needed.clear()
-            self.registered.set()
-            log.info("registered", agent_id=self.info.agent_id, ms=reply.ms)
-            return Registration(True, None)
-        if reply.status in (401, 403):
-            return Registration(False, f"API key rejected ({reply.status})", reply.retry_after)
-        return Registration(False, f"server answered {reply.status}", reply.retry_after)
+            decision = unanswered(str(exc))
+            return Registration(False, decision.reason)
+        decision = classify(reply.status, request=Request.REGISTER)
+        if not decision.ok:
+            return Registration(False, decision.reason, reply.retry_after, decision.auth)
+        self.needed.clear()
+        self.registered.set()
+        log.info("registered", agent_id=self.info.agent_id, ms=reply.ms)
+        return Registration(True, None)
 
     def invalidate(self) -> None:
         """The server answered 404: register again before the next batch."""

@@ -12,7 +12,7 @@ from forwarder.loop import Forwarder
 from forwarder.registrar import AgentInfo, Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.transport import Transport
-from ila_agent.clock import Clock
+from ila_core.clock import Clock
 from queue_store.store import QueueStore, Selection
 
 log = structlog.get_logger("replay")

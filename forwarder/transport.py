@@ -13,12 +13,11 @@ import requests
 import structlog
 
 from forwarder.retry import parse_retry_after
-from ila_agent.errors import TransientSendError
-from ila_agent.version import __version__
+from ila_core.errors import TransientSendError
 
 log = structlog.get_logger("forwarder")
 
-USER_AGENT = f"ila-soc-agent/{__version__}"
+DEFAULT_USER_AGENT = "ila-soc-agent"  # the wiring passes "ila-soc-agent/<version>"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -40,6 +39,7 @@ class TransportSettings:
     tls_client_cert: str | None = None
     tls_client_key: str | None = None
     compression: str | None = None
+    user_agent: str = DEFAULT_USER_AGENT
 
     def __repr__(self) -> str:  # the key stays out of every repr
         return f"TransportSettings(server_url={self.server_url!r})"
@@ -70,7 +70,7 @@ class Transport:
         headers = {
             "Content-Type": "application/json",
             "X-API-Key": self.settings.api_key,
-            "User-Agent": USER_AGENT,
+            "User-Agent": self.settings.user_agent,
         }
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key

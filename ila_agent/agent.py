@@ -2,106 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import platform
 import signal
-import socket
 import threading
-import uuid
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from collector.collector import Collector
-from collector.eventlog import EventLogReader, load_win32evtlog
-from collector.journald import JournalReader
+from collector.discovery import FileSource
+from collector.spec import ReaderContext, RecordReader
 from forwarder.health import SendHealth
 from forwarder.heartbeat import Heartbeat
 from forwarder.loop import Forwarder
-from forwarder.registrar import AgentInfo, Registrar
+from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
-from forwarder.transport import Transport, TransportSettings, warn_plain_http
-from ila_agent.clock import Clock
-from ila_agent.config import AgentConfig, EventLogSource, FileSource, JournaldSource
+from forwarder.transport import warn_plain_http
+from ila_agent.config import AgentConfig
 from ila_agent.version import __version__
+from ila_agent.wiring import agent_info, open_store, resolve_agent_id, transport_for
+from ila_core.clock import Clock
 from queue_store.store import QueueStore
 
 log = structlog.get_logger("agent")
 
 SHUTDOWN_GRACE = 5.0  # seconds the batch in flight may take to settle at shutdown
 CLEANUP_INTERVAL = 60.0
-
-
-def agent_id_path(cfg: AgentConfig) -> str:
-    return cfg.buffer_db + ".agent-id"
-
-
-def resolve_agent_id(cfg: AgentConfig) -> str:
-    """The configured id, else the one generated at the first start (kept beside the buffer)."""
-    if cfg.agent_id:
-        return cfg.agent_id
-    path = Path(agent_id_path(cfg))
-    with contextlib.suppress(FileNotFoundError):
-        saved = path.read_text(encoding="utf-8").strip()
-        if saved:
-            return saved
-    new = str(uuid.uuid4())
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(new + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return new
-
-
-def open_store(cfg: AgentConfig, *, lock: bool = True) -> QueueStore:
-    """The configured buffer; ``lock=False`` for tools working beside a running agent."""
-    return QueueStore(
-        cfg.buffer_db,
-        max_bytes=cfg.buffer_max_bytes,
-        full_policy=cfg.buffer_full_policy,
-        acked_retention_s=cfg.acked_retention_hours * 3600.0,
-        lock=lock,
-    )
-
-
-def transport_for(cfg: AgentConfig, server_url: str | None = None) -> Transport:
-    assert cfg.api_key is not None
-    return Transport(
-        TransportSettings(
-            server_url=server_url or cfg.server_url or "",
-            api_key=cfg.api_key,
-            connect_timeout=cfg.connect_timeout,
-            request_timeout=cfg.request_timeout,
-            tls_ca_file=cfg.tls_ca_file,
-            tls_client_cert=cfg.tls_client_cert,
-            tls_client_key=cfg.tls_client_key,
-            compression=cfg.compression,
-        )
-    )
-
-
-def agent_info(cfg: AgentConfig, agent_id: str) -> AgentInfo:
-    return AgentInfo(
-        agent_id=agent_id,
-        hostname=cfg.hostname or socket.gethostname(),
-        os_type=platform.system(),
-        os_version=platform.release(),
-        agent_version=__version__,
-        sources=tuple(_source_label(s) for s in cfg.sources),
-    )
-
-
-def _source_label(src: FileSource | EventLogSource | JournaldSource) -> str:
-    if isinstance(src, FileSource):
-        return src.pattern
-    if isinstance(src, EventLogSource):
-        return src.name
-    return "journald" + (f":{src.directory}" if src.directory else "")
 
 
 class Agent:
@@ -116,7 +41,7 @@ class Agent:
 
     def run(self) -> int:
         cfg = self.cfg
-        store = open_store(cfg)
+        store = open_store(cfg, clock=self.clock)
         try:
             return self._run(store)
         finally:
@@ -163,47 +88,24 @@ class Agent:
         collector.start_up()
         # A journal or channel with no saved cursor is "first seen": start_position applies
         # (also when it is added to an agent that ran before), except after a quarantine.
-        records_first = not store.quarantined_to
-        journals = [
-            JournalReader(
-                store,
-                s,
-                batch_size=cfg.batch_size,
-                start_position=cfg.start_position,
-                first_start=records_first,
-                clock=self.clock,
-            )
-            for s in cfg.sources
-            if isinstance(s, JournaldSource)
-        ]
-        channels = [s for s in cfg.sources if isinstance(s, EventLogSource)]
-        evt = load_win32evtlog() if channels else None
-        if channels and evt is None:
-            log.error(
-                "eventlog_unavailable",
-                channels=[s.channel for s in channels],
-                reason="pywin32 is not installed: pip install 'ila-soc-agent[windows]'",
-            )
-        event_logs = [
-            EventLogReader(
-                store,
-                s,
-                evt=evt,
-                batch_size=cfg.batch_size,
-                start_position=cfg.start_position,
-                first_start=records_first,
-                clock=self.clock,
-                poll_interval=cfg.poll_interval,
-            )
-            for s in channels
-            if evt is not None
-        ]
+        ctx = ReaderContext(
+            store=store,
+            batch_size=cfg.batch_size,
+            start_position=cfg.start_position,
+            first_start=not store.quarantined_to,
+            clock=self.clock,
+            poll_interval=cfg.poll_interval,
+        )
+        readers: list[RecordReader] = []
+        for spec in cfg.sources:
+            if not isinstance(spec, FileSource):
+                made = spec.reader(ctx)
+                if made is not None:
+                    readers.append(made)
         store.set_meta("started_before", "1")
         self._spawn("collector", collector.run)
-        for event_log in event_logs:
-            self._spawn(f"eventlog-{event_log.spec.channel}", event_log.run)
-        for i, reader in enumerate(journals):
-            self._spawn(f"journald-{i}", reader.run)
+        for reader in readers:
+            self._spawn(reader.name, reader.run)
 
         forwarder: Forwarder | None = None
         registrar: Registrar | None = None
@@ -243,7 +145,7 @@ class Agent:
                 log.error("cleanup_failed", error=str(exc))
         log.info("agent_stopping")
         collector.stop()
-        for reader in journals:
+        for reader in readers:
             reader.stop()
         store.commit_event.set()
         if registrar is not None:

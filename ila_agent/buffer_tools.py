@@ -18,18 +18,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ila_agent.config import AgentConfig
-from ila_agent.errors import AgentError, ConfigError, UsageError
-from queue_store.store import (
-    EFFECTIVE_STATE,
-    STATES,
-    TABLE,
-    QueueStore,
-    decode_item,
-    open_readonly,
-    read_stats,
-)
-
-STATE_NAMES = {s: name for name, group in STATES.items() for s in group}
+from ila_agent.wiring import open_store
+from ila_core.errors import AgentError, ConfigError, UsageError
+from queue_store.schema import STATES
+from queue_store.store import QueueStore
+from queue_store.view import BufferView
 
 
 def parse_since(text: str) -> float:
@@ -54,7 +47,7 @@ def parse_since(text: str) -> float:
     return dt.timestamp()
 
 
-def status_report(cfg: AgentConfig) -> dict[str, Any]:
+def status_report(cfg: AgentConfig, now: float | None = None) -> dict[str, Any]:
     """The status object (read-only: never blocks the running agent)."""
     report: dict[str, Any] = {
         "buffer_db": cfg.buffer_db,
@@ -62,29 +55,18 @@ def status_report(cfg: AgentConfig) -> dict[str, Any]:
         "server_url": cfg.server_url,
     }
     try:
-        con = open_readonly(cfg.buffer_db)
-    except FileNotFoundError:
-        con = None
-    if con is not None and not _has_queue(con):
-        con.close()  # the agent is creating it right now: nothing in it yet
-        con = None
-    checkpoints: list[tuple[str, str, int]] = []
-    report["buffer_exists"] = con is not None
-    if con is None:
+        with BufferView(cfg.buffer_db) as view:
+            stats = view.stats(time.time() if now is None else now)
+            checkpoints = view.checkpoints()
+    except sqlite3.DatabaseError as exc:
+        raise AgentError(f"cannot read the buffer {cfg.buffer_db}: {exc}") from exc
+    report["buffer_exists"] = stats is not None
+    if stats is None:
         report.update(
             pending=0, pending_bytes=0, oldest_pending_age_s=None, dead_letter=0, dropped=0,
             exported=0, last_send_ok_at=None, last_error=None, quarantined=None,
         )  # fmt: skip
     else:
-        try:
-            stats = read_stats(con)
-            checkpoints = con.execute(
-                "SELECT source, path, offset FROM checkpoints ORDER BY updated_at"
-            ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise AgentError(f"cannot read the buffer {cfg.buffer_db}: {exc}") from exc
-        finally:
-            con.close()
         report.update(
             pending=stats.pending,
             pending_bytes=stats.pending_bytes,
@@ -98,25 +80,18 @@ def status_report(cfg: AgentConfig) -> dict[str, Any]:
             quarantined=stats.quarantined,
         )
     sources = []
-    for source, path, offset in checkpoints:
+    for cp in checkpoints:
         try:
-            size: int | None = os.stat(path).st_size
+            size: int | None = os.stat(cp.path).st_size
         except OSError:
             size = None
-        lag = None if size is None else max(0, size - offset)
+        lag = None if size is None else max(0, size - cp.offset)
         sources.append(
-            {"source": source, "path": path, "position": offset, "size": size, "lag_bytes": lag}
-        )
+            {"source": cp.source, "path": cp.path, "position": cp.offset, "size": size,
+             "lag_bytes": lag}
+        )  # fmt: skip
     report["sources"] = sources
     return report
-
-
-def _has_queue(con: sqlite3.Connection) -> bool:
-    try:
-        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError:
-        return True  # let the real query report what is wrong
-    return {TABLE, "checkpoints", "meta"} <= names
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -157,47 +132,19 @@ def inspect(
     hostname: str,
 ) -> int:
     """Entries as JSON lines; returns how many were written."""
-    states = (
-        [s for name, group in STATES.items() for s in group]
-        if state == "all"
-        else list(STATES[state])
-    )
-    try:
-        con = open_readonly(cfg.buffer_db)
-    except FileNotFoundError:
-        return 0
-    if not _has_queue(con):
-        con.close()
-        return 0
-    marks = ",".join("?" * len(states))
-    sql = f"SELECT _id, data, timestamp, {EFFECTIVE_STATE} AS st FROM {TABLE} WHERE st IN ({marks})"
-    params: list[Any] = list(states)
-    if since is not None:
-        sql += " AND timestamp >= ?"
-        params.append(since)
-    if source is not None:
-        sql += " AND (source = ? OR source IS NULL)"
-        params.append(source)
+    states = [s for name, group in STATES.items() for s in group if state in ("all", name)]
     written = 0
-    try:
-        for rid, data, _ts, st in con.execute(sql + " ORDER BY _id", params):
-            try:
-                entries = list(decode_item(rid, data))
-            except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
-                entries = []
-            for e in entries:
-                if source is not None and e.source != source:
-                    continue
-                row = {"state": STATE_NAMES.get(st, str(st)), "item": rid, **e.to_wire(hostname)}
+    with BufferView(cfg.buffer_db) as view:
+        try:
+            for stored in view.entries(states, since=since, source=source):
+                row = {"state": stored.state, "item": stored.item, **stored.entry.to_wire(hostname)}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 written += 1
                 if limit is not None and written >= limit:
-                    return written
-    except BrokenPipeError:
-        # `inspect | head`: the reader has what it wanted.
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-    finally:
-        con.close()
+                    break
+        except BrokenPipeError:
+            # `inspect | head`: the reader has what it wanted.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     return written
 
 
@@ -217,6 +164,4 @@ def read_hmac_key(cfg: AgentConfig) -> bytes | None:
 
 def open_tool_store(cfg: AgentConfig) -> QueueStore:
     """The buffer for a tool: no ownership lock, so it works while the agent runs."""
-    from ila_agent.agent import open_store
-
     return open_store(cfg, lock=False)

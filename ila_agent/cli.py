@@ -8,9 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ila_agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
-from ila_agent.errors import AgentError, BufferLocked, ConfigError, UsageError
+from ila_agent.config import API_KEY_ENV, DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from ila_agent.version import __version__
+from ila_core.errors import AgentError, BufferLocked, ConfigError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--host", default="127.0.0.1")
     rc.add_argument("--port", type=int, default=8787)
     rc.add_argument("--api-key", default=None, help="key to require (default: env or change-me)")
+    rc.add_argument("--no-auth", action="store_true", help="accept any or no X-API-Key")
     rc.add_argument("--db", default=None, help="SQLite file for received events (default: memory)")
     rc.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
     rc.add_argument("--tls-key", default=None, help="private key of --tls-cert (PEM)")
@@ -176,8 +177,8 @@ def _status(cfg: AgentConfig, args: argparse.Namespace) -> int:
 
 
 def _inspect(cfg: AgentConfig, args: argparse.Namespace) -> int:
-    from ila_agent.agent import agent_info
     from ila_agent.buffer_tools import inspect, parse_since
+    from ila_agent.wiring import agent_info
 
     since = parse_since(args.since) if args.since else None
     hostname = agent_info(cfg, "").hostname
@@ -190,12 +191,13 @@ def _inspect(cfg: AgentConfig, args: argparse.Namespace) -> int:
 
 def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
     from forwarder.replay import replay
-    from ila_agent.agent import agent_info, resolve_agent_id, transport_for
     from ila_agent.buffer_tools import open_tool_store, parse_since
-    from ila_agent.clock import Clock
     from ila_agent.config import parse_server_url
     from ila_agent.progress import Progress
-    from queue_store.store import ACKED, DEAD, READY, Selection
+    from ila_agent.wiring import agent_info, resolve_agent_id, transport_for
+    from ila_core.clock import Clock
+    from queue_store.leases import Selection
+    from queue_store.schema import ACKED, DEAD, READY
 
     server_url = cfg.server_url
     if args.server_url:
@@ -235,9 +237,9 @@ def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
 
 
 def _export(cfg: AgentConfig, args: argparse.Namespace) -> int:
-    from ila_agent.agent import agent_info, resolve_agent_id
     from ila_agent.buffer_tools import open_tool_store, read_hmac_key
     from ila_agent.progress import Progress
+    from ila_agent.wiring import agent_info, resolve_agent_id
     from queue_store.bundle import count_exportable, export_bundle
 
     key = read_hmac_key(cfg)
@@ -295,7 +297,7 @@ def _service(args: argparse.Namespace) -> int:
 def _receiver(args: argparse.Namespace) -> int:
     from ila_agent.receiver import serve
 
-    key = args.api_key or os.environ.get("ILA_AGENT_API_KEY") or "change-me"
+    key = None if args.no_auth else (args.api_key or os.environ.get(API_KEY_ENV) or "change-me")
     return serve(
         args.host,
         args.port,

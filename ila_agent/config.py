@@ -7,7 +7,6 @@ directory of the config file. Every invalid value raises ConfigError naming the 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -15,7 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ila_agent.errors import ConfigError
+from collector.discovery import FileSource
+from collector.sources import Source, parse_sources
+from ila_core.errors import ConfigError
+from ila_core.settings import SettingsReader, kind
 
 DEFAULT_CONFIG_PATH = "config.json"
 API_KEY_ENV = "ILA_AGENT_API_KEY"
@@ -36,44 +38,9 @@ DEFAULT_BUFFER_FULL_POLICY = "drop_oldest"
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_ROTATE_GRACE = 30.0
 DEFAULT_ACKED_RETENTION_HOURS = 24.0
-DEFAULT_LINUX_SOURCES = ("/var/log/syslog", "/var/log/auth.log", "/var/log/secure")
-DEFAULT_WINDOWS_CHANNELS = ("Security", "System", "Application")
-
-MAX_SECONDS = 7 * 86400.0  # a week: longer intervals are mistakes (and overflow waits)
 START_POSITIONS = ("end", "beginning")
 FULL_POLICIES = ("drop_oldest", "block")
 COMPRESSIONS = (None, "gzip")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FileSource:
-    """A path or glob; ``name`` overrides the ``source`` sent (default: the file's path)."""
-
-    pattern: str
-    name: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class EventLogSource:
-    """A Windows Event Log channel."""
-
-    channel: str
-    query: str | None = None
-
-    @property
-    def name(self) -> str:
-        return f"Windows-{self.channel}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class JournaldSource:
-    """The systemd journal, optionally filtered and read from a directory."""
-
-    matches: tuple[str, ...] = ()
-    directory: str | None = None
-
-
-Source = FileSource | EventLogSource | JournaldSource
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,7 +64,6 @@ class AgentConfig:
     retry_interval: float = DEFAULT_RETRY_INTERVAL
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
-    max_retries: int | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     partial_line_timeout: float = DEFAULT_PARTIAL_LINE_TIMEOUT
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
@@ -131,97 +97,11 @@ class AgentConfig:
             if f.name == "api_key":
                 value = None if value is None else "***redacted***"
             elif f.name == "sources":
-                value = [_source_json(s) for s in value]
+                value = [s.to_json() for s in value]
             out[f.name] = value
         out["api_key_from"] = self.api_key_origin
         out["mode"] = "collect-only (no server_url)" if self.collect_only else "forwarding"
         return out
-
-
-def _source_json(src: Source) -> dict[str, Any]:
-    if isinstance(src, FileSource):
-        return {"path": src.pattern, "source": src.name}
-    if isinstance(src, EventLogSource):
-        return {"type": "windows_eventlog", "channel": src.channel, "query": src.query}
-    return {"type": "journald", "matches": list(src.matches), "directory": src.directory}
-
-
-class _Reader:
-    """Pulls typed values out of the raw JSON object, naming the key on any error."""
-
-    def __init__(self, file: str, raw: dict[str, Any], base: Path) -> None:
-        self.file = file
-        self.raw = raw
-        self.base = base
-        self.unknown: list[str] = []  # nested keys nobody reads (typos), warned about
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, key, problem)
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self.raw.get(key, default)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"must be a number of seconds, got {_kind(value)}")
-        if not math.isfinite(value) or value > MAX_SECONDS:
-            raise self.error(key, f"must be a finite number up to {MAX_SECONDS:g}, got {value}")
-        if value <= minimum:
-            raise self.error(key, f"must be greater than {minimum:g}, got {value}")
-        return float(value)
-
-    def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
-        value = self.raw.get(key, default)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"must be an integer, got {_kind(value)}")
-        if value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def string(self, key: str, default: str | None) -> str | None:
-        value = self.raw.get(key, default)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self.error(key, f"must be a string, got {_kind(value)}")
-        return value
-
-    def choice(self, key: str, default: Any, choices: tuple[Any, ...]) -> Any:
-        value = self.raw.get(key, default)
-        if value not in choices:
-            allowed = ", ".join(json.dumps(c) for c in choices)
-            raise self.error(key, f"must be one of {allowed}, got {json.dumps(value)}")
-        return value
-
-    def path(self, key: str, default: str | None) -> str | None:
-        value = self.string(key, default)
-        if value is None:
-            value = default  # an explicit null means "the default", next to the config too
-        if value is None:
-            return None
-        if not value.strip():
-            raise self.error(key, "must not be empty")
-        return resolve(self.base, value)
-
-
-def _kind(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-        type(None): "null",
-    }.get(type(value), type(value).__name__) + f" ({json.dumps(value)[:40]})"
-
-
-def resolve(base: Path, value: str) -> str:
-    """A path from the config: ``~`` expanded, relative ones against the config's folder."""
-    p = Path(os.path.expanduser(value))
-    return str(p if p.is_absolute() else (base / p))
 
 
 KNOWN_KEYS = frozenset(
@@ -258,7 +138,7 @@ def load_config(path: str | os.PathLike[str], *, platform: str | None = None) ->
             file, None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(file, None, f"must be a JSON object, got {_kind(raw)}")
+        raise ConfigError(file, None, f"must be a JSON object, got {kind(raw)}")
     base = Path(os.path.abspath(file)).parent
     return parse_config(raw, file=os.path.abspath(file), base=base, platform=platform)
 
@@ -267,7 +147,7 @@ def parse_config(
     raw: dict[str, Any], *, file: str, base: Path, platform: str | None = None
 ) -> AgentConfig:
     """Validate an already-decoded config object."""
-    r = _Reader(file, raw, base)
+    r = SettingsReader(file, raw, base)
     server_url = _server_url(r)
     api_key, origin = _api_key(r)
     if server_url is not None and not api_key:
@@ -277,12 +157,13 @@ def parse_config(
     agent_id = r.string("agent_id", None)
     if agent_id is not None and not agent_id.strip():
         agent_id = None
-    sources, ignored = _sources(r, platform or sys.platform)
+    sources, ignored = parse_sources(r, platform or sys.platform)
+    # Accepted for the first agent's configs, then unused: buffered data is never given up.
     max_retries = raw.get("max_retries")
     if max_retries is not None and (
         isinstance(max_retries, bool) or not isinstance(max_retries, int)
     ):
-        raise r.error("max_retries", f"must be an integer or null, got {_kind(max_retries)}")
+        raise r.error("max_retries", f"must be an integer or null, got {kind(max_retries)}")
     tls = {k: r.path(k, None) for k in ("tls_ca_file", "tls_client_cert", "tls_client_key")}
     if (tls["tls_client_key"] is not None) and tls["tls_client_cert"] is None:
         raise r.error("tls_client_key", "needs tls_client_cert as well")
@@ -307,7 +188,6 @@ def parse_config(
         retry_interval=r.number("retry_interval", DEFAULT_RETRY_INTERVAL),
         connect_timeout=r.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         request_timeout=r.number("request_timeout", DEFAULT_REQUEST_TIMEOUT),
-        max_retries=max_retries,
         max_line_bytes=r.integer("max_line_bytes", DEFAULT_MAX_LINE_BYTES, minimum=64),
         partial_line_timeout=r.number("partial_line_timeout", DEFAULT_PARTIAL_LINE_TIMEOUT),
         buffer_max_bytes=r.integer("buffer_max_bytes", DEFAULT_BUFFER_MAX_BYTES, minimum=65536),
@@ -327,7 +207,7 @@ def parse_config(
     )
 
 
-def _service_default(r: _Reader, key: str, env: str, default: str) -> str:
+def _service_default(r: SettingsReader, key: str, env: str, default: str) -> str:
     """A path key; left out under systemd, it goes to the unit's StateDirectory/LogsDirectory
     (the config's folder, /etc/ila-agent, is read-only for the service)."""
     if r.raw.get(key) is None and os.environ.get(env):
@@ -335,7 +215,7 @@ def _service_default(r: _Reader, key: str, env: str, default: str) -> str:
     return r.path(key, default) or default
 
 
-def _server_url(r: _Reader) -> str | None:
+def _server_url(r: SettingsReader) -> str | None:
     url = r.string("server_url", None)
     if url is None or not url.strip():
         return None
@@ -357,10 +237,10 @@ def _server_url(r: _Reader) -> str | None:
 
 def parse_server_url(url: str, *, origin: str) -> str | None:
     """Validate a server URL given outside the file (``origin`` names where, for errors)."""
-    return _server_url(_Reader(origin, {"server_url": url}, Path(".")))
+    return _server_url(SettingsReader(origin, {"server_url": url}, Path(".")))
 
 
-def _api_key(r: _Reader) -> tuple[str | None, str | None]:
+def _api_key(r: SettingsReader) -> tuple[str | None, str | None]:
     """The key and where it came from; it must be usable as an HTTP header value."""
     key, origin = _api_key_raw(r)
     if key is not None and any(ord(c) < 0x20 or ord(c) == 0x7F or ord(c) > 0xFF for c in key):
@@ -372,7 +252,7 @@ def _api_key(r: _Reader) -> tuple[str | None, str | None]:
     return key, origin
 
 
-def _api_key_raw(r: _Reader) -> tuple[str | None, str | None]:
+def _api_key_raw(r: SettingsReader) -> tuple[str | None, str | None]:
     """The key and where it came from: environment, then api_key_file, then api_key."""
     env = os.environ.get(API_KEY_ENV, "").strip()
     if env:
@@ -390,101 +270,3 @@ def _api_key_raw(r: _Reader) -> tuple[str | None, str | None]:
     if inline is not None and inline.strip():
         return inline.strip(), "config api_key"
     return None, None
-
-
-def _sources(r: _Reader, platform: str) -> tuple[tuple[Source, ...], tuple[str, ...]]:
-    """log_sources in either form → the sources for this platform, and those ignored."""
-    raw = r.raw.get("log_sources")
-    is_windows = platform.startswith("win")
-    ignored: list[str] = []
-    if raw is None:
-        raw = {"linux": list(DEFAULT_LINUX_SOURCES), "windows": list(DEFAULT_WINDOWS_CHANNELS)}
-    if isinstance(raw, dict):
-        unknown = set(raw) - {"linux", "windows"}
-        if unknown:
-            raise r.error("log_sources", f"unknown platform keys {sorted(unknown)}")
-        items: list[Source] = []
-        for plat in ("linux", "windows"):
-            lst = raw.get(plat) or []
-            key = f"log_sources.{plat}"
-            if not isinstance(lst, list):
-                raise r.error(key, f"must be a list, got {_kind(lst)}")
-            mine = (plat == "windows") == is_windows
-            for i, item in enumerate(lst):
-                if plat == "windows" and isinstance(item, str):
-                    src: Source = EventLogSource(channel=item)
-                else:
-                    src = _source_item(r, f"{key}[{i}]", item)
-                if mine:
-                    items.append(src)
-                else:
-                    ignored.append(_describe(src))
-        return tuple(items), tuple(ignored)
-    if isinstance(raw, list):
-        items = []
-        for i, item in enumerate(raw):
-            src = _source_item(r, f"log_sources[{i}]", item)
-            if (isinstance(src, EventLogSource) and not is_windows) or (
-                isinstance(src, JournaldSource) and is_windows
-            ):
-                ignored.append(_describe(src))
-            else:
-                items.append(src)
-        return tuple(items), tuple(ignored)
-    raise r.error("log_sources", f"must be an object or a list, got {_kind(raw)}")
-
-
-def _describe(src: Source) -> str:
-    if isinstance(src, FileSource):
-        return src.pattern
-    if isinstance(src, EventLogSource):
-        return src.name
-    return "journald"
-
-
-def _source_item(r: _Reader, key: str, item: Any) -> Source:
-    if isinstance(item, str):
-        if not item.strip():
-            raise r.error(key, "must not be empty")
-        return FileSource(pattern=resolve(r.base, item))
-    if not isinstance(item, dict):
-        raise r.error(key, f"must be a path or an object, got {_kind(item)}")
-    kind = item.get("type", "file")
-    allowed = {
-        "file": {"type", "path", "source"},
-        "windows_eventlog": {"type", "channel", "query"},
-        "journald": {"type", "matches", "directory"},
-    }.get(kind, set(item))
-    r.unknown.extend(f"{key}.{k}" for k in sorted(set(item) - allowed))
-    if kind == "file":
-        path = item.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise r.error(f"{key}.path", "must be a non-empty string")
-        name = item.get("source")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise r.error(f"{key}.source", "must be a non-empty string")
-        return FileSource(pattern=resolve(r.base, path), name=name)
-    if kind == "windows_eventlog":
-        channel = item.get("channel")
-        if not isinstance(channel, str) or not channel.strip():
-            raise r.error(f"{key}.channel", "must be a non-empty string")
-        query = item.get("query")
-        if query is not None and not isinstance(query, str):
-            raise r.error(f"{key}.query", "must be an XPath string")
-        return EventLogSource(channel=channel, query=query)
-    if kind == "journald":
-        matches = item.get("matches", [])
-        if not isinstance(matches, list) or not all(
-            isinstance(m, str) and "=" in m for m in matches
-        ):
-            raise r.error(f"{key}.matches", 'must be a list of "FIELD=value" strings')
-        directory = item.get("directory")
-        if directory is not None and not isinstance(directory, str):
-            raise r.error(f"{key}.directory", "must be a path or null")
-        return JournaldSource(
-            matches=tuple(matches),
-            directory=resolve(r.base, directory) if directory else None,
-        )
-    raise r.error(
-        f"{key}.type", f"unknown source type {json.dumps(kind)} (file, windows_eventlog, journald)"
-    )

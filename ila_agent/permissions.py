@@ -7,7 +7,7 @@ import stat
 import sys
 
 from ila_agent.config import AgentConfig
-from ila_agent.errors import UsageError
+from ila_core.errors import UsageError
 
 
 class UnsafePermissions(UsageError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from ila_agent.errors import AgentError, ConfigError
+from ila_core.errors import AgentError, ConfigError
 
 SERVICE_NAME = "ila-agent"
 DISPLAY_NAME = "ILA-SOC agent"

@@ -17,5 +17,5 @@ if { ! command -v systemd-analyze >/dev/null 2>&1 || ! command -v journalctl >/d
     || echo "ops/test.sh: could not install systemd tools; their tests will be skipped" >&2
 fi
 .venv/bin/ruff check .
-.venv/bin/mypy collector forwarder queue_store ila_agent
+.venv/bin/mypy ila_core collector forwarder queue_store ila_agent
 .venv/bin/python -m pytest -q "$@"

@@ -9,8 +9,8 @@ from typing import Protocol
 from queue_store.records import Entry
 
 
-class _Finisher(Protocol):
-    def finish(self, lease: Lease) -> None: ...
+class _Acker(Protocol):
+    def ack(self, lease: Lease) -> None: ...
 
 
 class Lease:
@@ -20,7 +20,7 @@ class Lease:
     has been settled; until then a crash leaves them unacked and they are sent again.
     """
 
-    def __init__(self, store: _Finisher, item_ids: list[int], entries: list[Entry]) -> None:
+    def __init__(self, store: _Acker, item_ids: list[int], entries: list[Entry]) -> None:
         self.store = store
         self.item_ids = item_ids
         self.entries = entries
@@ -36,8 +36,8 @@ class Lease:
         else:
             self.delivered += len(entries)
         if self.outstanding == 0 and not self.finished:
-            self.store.finish(self)
-            self.finished = True  # only once it is written: a failed finish is released
+            self.store.ack(self)
+            self.finished = True  # only once it is written: a failed ack is released
 
 
 class BatchSettledTwice(RuntimeError):

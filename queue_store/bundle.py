@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ila_agent.clock import rfc3339_ms
-from ila_agent.errors import AgentError
-from queue_store.store import EXPORTED, READY, QueueStore, Selection
+from ila_core.clock import rfc3339_ms
+from ila_core.errors import AgentError
+from queue_store.leases import Selection
+from queue_store.schema import EXPORTED, READY
+from queue_store.store import QueueStore
 
 FORMAT = "ila-agent-bundle"
 VERSION = 1

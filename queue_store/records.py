@@ -1,15 +1,32 @@
-"""Value types that flow through the buffer: what is committed and what is leased."""
+"""Value types that flow through the buffer: a file's identity, a read position, what is
+committed and what is leased."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.identity import FileId
-
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileId:
+    """A file's identity: inode reuse and rotation give a different FileId."""
+
+    dev: int
+    ino: int
+    fp_len: int
+    fp: str
+
+    def key(self, generation: int = 0) -> str:
+        """A stable name for this file's content generation (bumped by copytruncate)."""
+        return f"{self.dev}:{self.ino}:{self.fp}:{self.fp_len}:{generation}"
+
+    def same_inode(self, st: os.stat_result) -> bool:
+        return st.st_dev == self.dev and st.st_ino == self.ino
 
 
 @dataclass(frozen=True)

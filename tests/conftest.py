@@ -1,13 +1,34 @@
-"""Fixtures: a reference receiver subprocess and agent subprocesses, cleaned up always."""
+"""Fixtures: real buffers, a reference receiver subprocess and agent subprocesses — each
+cleaned up however the test ends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
-from tests.procs import AgentProc, ReceiverProc
+from queue_store.store import QueueStore
+from tests.procs import AgentProc, ReceiverProc, write_lines
+
+
+@pytest.fixture
+def open_buffer(tmp_path: Path) -> Iterator[Callable[..., QueueStore]]:
+    """``open_buffer(name="b.db", **options)``: a real QueueStore in tmp_path, closed at the
+    end of the test (closing twice is fine, so a test may close and reopen)."""
+    made: list[QueueStore] = []
+
+    def open_(name: str = "b.db", **options: Any) -> QueueStore:
+        store = QueueStore(str(tmp_path / name), **options)
+        made.append(store)
+        return store
+
+    try:
+        yield open_
+    finally:
+        for store in made:
+            store.close()
 
 
 @pytest.fixture
@@ -28,3 +49,32 @@ def agents() -> Iterator[list[AgentProc]]:
     finally:
         for a in made:
             a.cleanup()
+
+
+class LogAgent(NamedTuple):
+    """An agent subprocess tailing one log file (unpacks as ``agent, log``)."""
+
+    agent: AgentProc
+    log: Path
+
+
+StartAgent = Callable[..., LogAgent]
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]) -> StartAgent:
+    """``start_agent(lines=(), *, log_name="app.log", start=True, **config)``: write ``lines``
+    to a log file in tmp_path and run an agent tailing it against the reference receiver."""
+
+    def start(
+        lines: Sequence[str] = (), *, log_name: str = "app.log", start: bool = True, **config: Any
+    ) -> LogAgent:
+        log = tmp_path / log_name
+        write_lines(log, list(lines))
+        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)], **config)
+        agents.append(agent)
+        if start:
+            agent.start()
+        return LogAgent(agent, log)
+
+    return start

@@ -18,11 +18,11 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from collector.identity import FileId
 from forwarder.registrar import AgentInfo, Registrar
-from ila_agent.clock import Clock
 from ila_agent.version import __version__
-from queue_store.records import Checkpoint, Chunk, Entry, event_uid
+from ila_core.clock import Clock
+from queue_store.batch import Batch
+from queue_store.records import Checkpoint, Chunk, Entry, FileId, event_uid
 from queue_store.store import QueueStore
 
 # -- time ---------------------------------------------------------------------------------
@@ -276,6 +276,9 @@ class LogFeed:
         return uids
 
 
+OpenBuffer = Callable[..., QueueStore]  # the ``open_buffer`` fixture (tests/conftest.py)
+
+
 def make_store(
     tmp_path: Path, *chunks: Sequence[str], name: str = "buffer.db", **kwargs: Any
 ) -> tuple[QueueStore, LogFeed]:
@@ -295,13 +298,23 @@ def lines(n: int, prefix: str = "line") -> list[str]:
 # -- batches ------------------------------------------------------------------------------
 
 
+def drain(store: QueueStore, max_lines: int = 1000) -> list[Entry]:
+    """Lease everything ready and ack it with the Batch verbs, as the forwarder does after a
+    2xx; returns the entries in commit order."""
+    out: list[Entry] = []
+    while (lease := store.lease(max_lines)) is not None:
+        out.extend(lease.entries)
+        Batch(lease, lease.entries).ack()
+    return out
+
+
 class RecordingFinisher:
-    """Stands in for the store behind a Lease: records each ``finish`` call."""
+    """Stands in for the store behind a Lease: records each ``ack`` call."""
 
     def __init__(self) -> None:
         self.finished: list[Any] = []
 
-    def finish(self, lease: Any) -> None:
+    def ack(self, lease: Any) -> None:
         self.finished.append(lease)
 
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,42 @@ def wait_until(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or cond} (last={last!r})")
+
+
+class Writer(threading.Thread):
+    """Appends numbered lines to a file until stopped; every line is unique."""
+
+    def __init__(self, path: Path, tag: str, per_tick: int = 20, tick: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.tag = tag
+        self.per_tick = per_tick
+        self.tick = tick
+        self.n = 0
+        self.lock = threading.Lock()  # held by a test to pause writing (rotation)
+        self.stop_event = threading.Event()
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self.written: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            with self.lock:
+                batch = [f"{self.tag} {self.n + i:08d}" for i in range(self.per_tick)]
+                self.f.write("".join(x + "\n" for x in batch))
+                self.f.flush()
+                self.written.extend(batch)
+                self.n += self.per_tick
+            time.sleep(self.tick)
+
+    def reopen(self) -> None:
+        self.f.close()
+        self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def finish(self) -> list[str]:
+        self.stop_event.set()
+        self.join(10)
+        self.f.close()
+        return self.written
 
 
 class ReceiverProc:

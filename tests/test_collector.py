@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 from collector.collector import Collector
+from collector.discovery import FileSource
 from collector.lines import LineSplitter
-from ila_agent.clock import Clock
-from ila_agent.config import FileSource
+from ila_core.clock import Clock
 from queue_store.records import event_uid
 from queue_store.store import QueueStore
 from tests.fakes import FakeClock
+from tests.fakes import drain as drain_store
 
 
 class TestLineSplitter:
@@ -82,13 +83,10 @@ def make(
 
 
 def drain(c: Collector) -> list[tuple[str, str]]:
+    """Run the collector a few steps, then take (text, uid) of everything it committed."""
     for _ in range(5):
         c.step()
-    out = []
-    while (lease := c.store.lease(1000)) is not None:
-        out.extend((e.log_text, e.event_uid) for e in lease.entries)
-        lease.settled(lease.entries, dead=False)
-    return out
+    return [(e.log_text, e.event_uid) for e in drain_store(c.store)]
 
 
 def shutdown(c: Collector) -> None:
@@ -262,9 +260,9 @@ class TestRotation:
 class TestWriteFailures:
     def test_a_failing_disk_loses_no_line(self, tmp_path: Path) -> None:
         """Commits that fail (disk full) are retried with the same lines: none skipped."""
-        import sqlite3
-
         from structlog.testing import capture_logs
+
+        from ila_core.errors import BufferWriteError
 
         log = tmp_path / "a.log"
         log.write_text("".join(f"line {i}\n" for i in range(10)))
@@ -275,7 +273,7 @@ class TestWriteFailures:
         def flaky(chunks, checkpoint):  # type: ignore[no-untyped-def]
             if failures[0]:
                 failures[0] -= 1
-                raise sqlite3.OperationalError("database or disk is full")
+                raise BufferWriteError("database or disk is full")
             return real_commit(chunks, checkpoint)
 
         c.store.commit = flaky  # type: ignore[method-assign]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ila_agent.config import load_config
-from ila_agent.errors import ConfigError
+from ila_core.errors import ConfigError
 
 PY = sys.executable
 
@@ -117,7 +117,7 @@ class TestConfigLoading:
         ]  # fmt: skip
         assert cfg.ignored_sources == ("Windows-Security", "Windows-System", "Windows-Application")
         assert cfg.buffer_db == str(tmp_path / "log_buffer.db")
-        assert cfg.max_retries == 5
+        assert "max_retries" not in cfg.unknown_keys  # accepted (and unused: never give up)
         assert cli("check-config", "--config", str(p)).returncode == 0
 
     def test_relative_paths_resolve_against_config_dir(self, tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ class TestConfigLoading:
 
     def test_agent_id_kept_with_read_only_config(self, tmp_path: Path) -> None:
         """agent_id is generated once and kept beside the buffer, even if config is read-only."""
-        from ila_agent.agent import resolve_agent_id
+        from ila_agent.wiring import resolve_agent_id
 
         p = write(tmp_path, {"log_sources": []})
         os.chmod(p, 0o444)

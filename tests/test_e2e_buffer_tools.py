@@ -70,14 +70,12 @@ class TestInspect:
 
 
 class TestReplay:
-    def test_replay_dead_letter_once_the_server_accepts(self, tmp_path, receiver, agents) -> None:
+    def test_replay_dead_letter_once_the_server_accepts(
+        self, tmp_path, receiver, start_agent
+    ) -> None:
         """An entry dead-lettered earlier is delivered by replay --dead-letter; exit 0."""
         receiver.configure(reject_substring="POISON")
-        log = tmp_path / "app.log"
-        write_lines(log, ["fine 1", "POISON pill", "fine 2"])
-        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
-        agents.append(agent)
-        agent.start()
+        agent, log = start_agent(["fine 1", "POISON pill", "fine 2"])
         wait_until(lambda: agent.status()["dead_letter"] == 1, 20, what="a dead letter")
         dead = [json.loads(x) for x in agent.cli("inspect", "--state", "dead").stdout.splitlines()]
         assert [d["log_text"] for d in dead] == ["POISON pill"]
@@ -90,14 +88,10 @@ class TestReplay:
         assert sorted(_texts(receiver)) == ["POISON pill", "fine 1", "fine 2"]
         assert agent.status()["dead_letter"] == 0
 
-    def test_replay_acked_since_resends_history(self, tmp_path, receiver, agents) -> None:
+    def test_replay_acked_since_resends_history(self, tmp_path, receiver, start_agent) -> None:
         """replay --acked --since re-sends acked history, here to another server too."""
-        log = tmp_path / "app.log"
         lines = [f"h{i}" for i in range(120)]
-        write_lines(log, lines)
-        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
-        agents.append(agent)
-        agent.start()
+        agent, log = start_agent(lines)
         wait_until(lambda: receiver.stats()["events_unique"] == 120, 20, what="120 lines")
         wait_until(lambda: agent.status()["pending"] == 0, 10, what="acked")
         out = agent.cli("replay", "--acked", "--since", "1h")

@@ -21,17 +21,11 @@ def _ingests(receiver: ReceiverProc) -> list[dict]:
 
 class TestShutdown:
     def test_sigterm_with_a_batch_in_flight_exits_quickly_and_loses_nothing(
-        self, tmp_path, receiver, agents
+        self, tmp_path, receiver, start_agent
     ) -> None:
         """SIGTERM while the server sits on a batch: exit 0 within 10 s; sent after restart."""
         receiver.script("ingest-batch", [{"status": 200, "delay": 30}])
-        log = tmp_path / "app.log"
-        write_lines(log, [f"slow {i}" for i in range(10)])
-        agent = AgentProc(
-            tmp_path, server_url=receiver.url, log_sources=[str(log)], request_timeout=60
-        )
-        agents.append(agent)
-        agent.start()
+        agent, log = start_agent([f"slow {i}" for i in range(10)], request_timeout=60)
         wait_until(lambda: len(_ingests(receiver)) == 1, 20, what="batch in flight")
         t0 = time.monotonic()
         assert agent.terminate(timeout=10) == 0
@@ -164,15 +158,11 @@ class TestTls:
 
 class TestOperatorView:
     def test_last_error_of_an_earlier_run_is_cleared_by_a_success(
-        self, tmp_path, receiver, agents
+        self, tmp_path, receiver, start_agent
     ) -> None:
         """A 401 in one run, fixed before the next: status shows no stale error."""
         receiver.script("register", [{"status": 401}] * 50)
-        log = tmp_path / "app.log"
-        write_lines(log, ["x"])
-        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
-        agents.append(agent)
-        agent.start()
+        agent, log = start_agent(["x"])
         wait_until(
             lambda: "API key rejected" in (agent.status()["last_error"] or ""), 20, what="401"
         )

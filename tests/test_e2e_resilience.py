@@ -5,47 +5,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import threading
 import time
 from pathlib import Path
 
-from tests.procs import AgentProc, ReceiverProc, wait_until, write_lines
-
-
-class Writer(threading.Thread):
-    """Appends numbered lines to a file until stopped; every line is unique."""
-
-    def __init__(self, path: Path, tag: str, per_tick: int = 20, tick: float = 0.005) -> None:
-        super().__init__(daemon=True)
-        self.path = path
-        self.tag = tag
-        self.per_tick = per_tick
-        self.tick = tick
-        self.n = 0
-        self.lock = threading.Lock()  # held by a test to pause writing (rotation)
-        self.stop_event = threading.Event()
-        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        self.written: list[str] = []
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            with self.lock:
-                batch = [f"{self.tag} {self.n + i:08d}" for i in range(self.per_tick)]
-                self.f.write("".join(x + "\n" for x in batch))
-                self.f.flush()
-                self.written.extend(batch)
-                self.n += self.per_tick
-            time.sleep(self.tick)
-
-    def reopen(self) -> None:
-        self.f.close()
-        self.f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def finish(self) -> list[str]:
-        self.stop_event.set()
-        self.join(10)
-        self.f.close()
-        return self.written
+from tests.conftest import StartAgent
+from tests.procs import AgentProc, ReceiverProc, Writer, wait_until, write_lines
 
 
 def _texts(receiver: ReceiverProc) -> list[str]:
@@ -54,13 +18,10 @@ def _texts(receiver: ReceiverProc) -> list[str]:
 
 class TestCrash:
     def test_kill9_ten_times_while_writing_loses_nothing(
-        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+        self, tmp_path: Path, receiver: ReceiverProc, start_agent: StartAgent
     ) -> None:
         """kill -9 at 10 random moments: every line arrives; duplicates ≤ one batch per kill."""
-        log = tmp_path / "app.log"
-        log.write_text("")
-        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
-        agents.append(agent)
+        agent, log = start_agent(start=False)
         writer = Writer(log, "crash")
         writer.start()
         rng = random.Random(1234)
@@ -122,14 +83,10 @@ class TestOutage:
 
 class TestRestart:
     def test_sigterm_then_lines_written_while_stopped_are_delivered(
-        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+        self, tmp_path: Path, receiver: ReceiverProc, start_agent: StartAgent
     ) -> None:
         """Stop, write 1,000 lines, start: they arrive; earlier lines are not sent again."""
-        log = tmp_path / "app.log"
-        log.write_text("")
-        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
-        agents.append(agent)
-        agent.start()
+        agent, log = start_agent()
         before = [f"before {i}" for i in range(700)]
         write_lines(log, before)
         wait_until(lambda: receiver.stats()["events_unique"] == 700, 20, what="700 events")
@@ -148,14 +105,10 @@ class TestRestart:
 
 class TestRotation:
     def test_rename_and_create_while_writing(
-        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+        self, tmp_path: Path, receiver: ReceiverProc, start_agent: StartAgent
     ) -> None:
         """rename+create rotation three times while writing: nothing lost, nothing doubled."""
-        log = tmp_path / "app.log"
-        log.write_text("")
-        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
-        agents.append(agent)
-        agent.start()
+        agent, log = start_agent()
         wait_until(lambda: receiver.stats()["agents"] == 1, 20, what="registration")
         writer = Writer(log, "rot")
         writer.start()
@@ -178,14 +131,10 @@ class TestRotation:
         assert agent.terminate() == 0
 
     def test_copytruncate_while_writing(
-        self, tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc]
+        self, tmp_path: Path, receiver: ReceiverProc, start_agent: StartAgent
     ) -> None:
         """copytruncate while writing: only an unread tail of each copy may be missing."""
-        log = tmp_path / "app.log"
-        log.write_text("")
-        agent = AgentProc(tmp_path, server_url=receiver.url, log_sources=[str(log)])
-        agents.append(agent)
-        agent.start()
+        agent, log = start_agent()
         wait_until(lambda: receiver.stats()["agents"] == 1, 20, what="registration")
         writer = Writer(log, "ct")
         writer.start()

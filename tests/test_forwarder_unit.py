@@ -24,11 +24,14 @@ from forwarder.heartbeat import Heartbeat
 from forwarder.loop import IDLE_WAIT, UNREGISTERED_WAIT, Forwarder
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
-from forwarder.transport import USER_AGENT, Transport, TransportSettings
-from ila_agent.clock import rfc3339_ms
+from forwarder.transport import Transport, TransportSettings
+from ila_agent.version import USER_AGENT
+from ila_core.clock import rfc3339_ms
 from queue_store.batch import Batch, BatchSettledTwice, Lease
+from queue_store.leases import Selection
 from queue_store.records import Entry
-from queue_store.store import DEAD, QueueStore, Selection
+from queue_store.schema import DEAD
+from queue_store.store import QueueStore
 from tests.fakes import (
     FakeClock,
     LogFeed,
@@ -114,7 +117,9 @@ def build_rig(
     session = requests.Session()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    transport = Transport(TransportSettings(server_url=SERVER + "/", api_key=KEY), session)
+    transport = Transport(
+        TransportSettings(server_url=SERVER + "/", api_key=KEY, user_agent=USER_AGENT), session
+    )
     registrar = make_registrar(registered=registered)
     store, feed = make_store(tmp_path)
     forwarder = Forwarder(

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.identity import FileId
-from ila_agent.errors import BufferFull, BufferLocked
-from queue_store.records import Checkpoint, Chunk, event_uid
-from queue_store.store import TABLE, QueueStore, Selection
+from ila_core.errors import BufferFull, BufferLocked, BufferWriteError
+from queue_store.records import Checkpoint, Chunk, FileId, event_uid
+from queue_store.schema import DEAD, TABLE
+from queue_store.store import Selection
+from tests.fakes import OpenBuffer
 
 FID = FileId(1, 2, 10, "abc")
 
@@ -33,28 +34,29 @@ def cp(offset: int) -> Checkpoint:
 
 
 class TestCommit:
-    def test_lines_and_position_committed_together(self, tmp_path: Path) -> None:
+    def test_lines_and_position_committed_together(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """After a commit, a reopened store has both the lines and the position."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         s.commit([chunk(["a", "b"]), chunk(["c"], 4)], cp(6))
         s.close()
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         assert s.stats().pending == 3
         assert [c.offset for c in s.checkpoints()] == [6]
-        s.close()
 
-    def test_items_are_json_not_pickle(self, tmp_path: Path) -> None:
+    def test_items_are_json_not_pickle(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
         """The data column holds JSON text."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         s.commit([chunk(["x"])], cp(2))
         s.close()
         con = sqlite3.connect(tmp_path / "b.db")
         (data,) = con.execute(f"SELECT data FROM {TABLE}").fetchone()
         assert json.loads(data)["lines"] == ["x"]
 
-    def test_tampered_pickle_item_never_runs(self, tmp_path: Path) -> None:
+    def test_tampered_pickle_item_never_runs(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
         """A pickle payload planted in the buffer is not executed; it is set aside."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         s.commit([chunk(["good"])], cp(5))
         s.close()
         marker = tmp_path / "pwned"
@@ -70,7 +72,7 @@ class TestCommit:
         )
         con.commit()
         con.close()
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         lease = s.lease(50)
         assert lease is not None and [e.log_text for e in lease.entries] == ["good"]
         assert not marker.exists()
@@ -79,10 +81,12 @@ class TestCommit:
 
 
 class TestLease:
-    def test_unacked_items_are_ready_again_after_a_crash(self, tmp_path: Path) -> None:
+    def test_unacked_items_are_ready_again_after_a_crash(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """Items leased by a process that died are pending again at the next open."""
         db = tmp_path / "b.db"
-        s = QueueStore(str(db))
+        s = open_buffer()
         s.commit([chunk(["a", "b", "c"])], cp(6))
         s.close()
         code = (
@@ -91,15 +95,16 @@ class TestLease:
             "os._exit(0)"
         )
         subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
-        s = QueueStore(str(db))
+        s = open_buffer()
         assert s.stats().pending == 3
         lease = s.lease(50)
         assert lease is not None and len(lease.entries) == 3
-        s.close()
 
-    def test_ack_only_when_every_entry_settled(self, tmp_path: Path) -> None:
+    def test_ack_only_when_every_entry_settled(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """A lease is acked when all entries are delivered or dead; dead ones are kept."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         s.commit([chunk(["a", "b", "c"])], cp(6))
         lease = s.lease(50)
         assert lease is not None
@@ -109,15 +114,17 @@ class TestLease:
         st = s.stats()
         assert (st.pending, st.dead_letter) == (0, 1)
         assert st.last_send_ok_at is not None
-        assert s.requeue_dead() == 1
-        again = s.lease(50)
+        dead = Selection(statuses=(DEAD,))  # what replay --dead-letter leases
+        assert s.count(dead) == 1
+        again = s.lease(50, dead)
         assert again is not None and [e.log_text for e in again.entries] == ["c"]
         assert again.entries[0].event_uid == event_uid("k:0", 4)
-        s.close()
 
-    def test_lease_respects_max_lines_and_order(self, tmp_path: Path) -> None:
+    def test_lease_respects_max_lines_and_order(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """Leases take whole items in commit order, up to max_lines."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         for i in range(5):
             s.commit([chunk([f"{i}a", f"{i}b"], i * 10)], None)
         lease = s.lease(5)
@@ -127,9 +134,9 @@ class TestLease:
 
 
 class TestBudget:
-    def test_drop_oldest_counts_every_drop(self, tmp_path: Path) -> None:
+    def test_drop_oldest_counts_every_drop(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
         """Past buffer_max_bytes, the oldest pending lines are dropped and counted."""
-        s = QueueStore(str(tmp_path / "b.db"), max_bytes=100_000)
+        s = open_buffer(max_bytes=100_000)
         line = "x" * 999
         for i in range(200):
             s.commit([chunk([line], i * 1000)], None)
@@ -140,11 +147,10 @@ class TestBudget:
         lease = s.lease(1)
         assert lease is not None
         assert lease.entries[0].event_uid == event_uid("k:0", st.dropped * 1000)
-        s.close()
 
-    def test_block_policy_refuses_until_room(self, tmp_path: Path) -> None:
+    def test_block_policy_refuses_until_room(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
         """Policy block: a commit past the budget raises BufferFull; an ack makes room."""
-        s = QueueStore(str(tmp_path / "b.db"), max_bytes=70_000, full_policy="block")
+        s = open_buffer(max_bytes=70_000, full_policy="block")
         line = "y" * 9_999
         for i in range(7):
             s.commit([chunk([line], i * 10_000)], None)
@@ -160,21 +166,21 @@ class TestBudget:
 
 
 class TestOwnership:
-    def test_second_owner_is_refused(self, tmp_path: Path) -> None:
+    def test_second_owner_is_refused(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
         """A second QueueStore on the same buffer raises BufferLocked naming the file."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         with pytest.raises(BufferLocked, match="already owns the buffer"):
-            QueueStore(str(tmp_path / "b.db"))
+            open_buffer()
         s.close()
-        QueueStore(str(tmp_path / "b.db")).close()
+        open_buffer().close()
 
-    def test_close_twice_is_fine(self, tmp_path: Path) -> None:
+    def test_close_twice_is_fine(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
         """Closing twice does nothing the second time."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         s.close()
         s.close()
 
-    def test_first_agent_buffer_is_imported(self, tmp_path: Path) -> None:
+    def test_first_agent_buffer_is_imported(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
         """Lines the first agent left in its log_buffer table are sent by this agent."""
         db = tmp_path / "log_buffer.db"
         con = sqlite3.connect(db)
@@ -188,38 +194,44 @@ class TestOwnership:
         )
         con.commit()
         con.close()
-        s = QueueStore(str(db))
+        s = open_buffer("log_buffer.db")
         assert s.migrate_legacy() == 3
         assert s.migrate_legacy() == 0
         lease = s.lease(50)
         assert lease is not None
         assert [e.log_text for e in lease.entries] == ["old 0", "old 1", "old 2"]
         assert len({e.event_uid for e in lease.entries}) == 3
-        s.close()
 
 
-class TestReviewRegressions:
-    def test_leases_of_a_dead_process_with_our_pid_are_resumed(self, tmp_path: Path) -> None:
+class TestNothingLostAtTheEdges:
+    """Crashed owners, racing processes, import stage edges, a full budget, a failed ack."""
+
+    def test_leases_of_a_dead_process_with_our_pid_are_resumed(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """A crashed agent whose pid the new one reuses (a container's pid 1): its in-flight
         items are sent again, not stuck."""
-        s = QueueStore(str(tmp_path / "b.db"), lock=False)
+        s = open_buffer(lock=False)
         for i in range(10):
             s.commit([chunk([f"l{i}"], i * 10)], None)
         assert s.lease(5) is not None  # leased under our pid, then "crash": no close
-        again = QueueStore(str(tmp_path / "b.db"), lock=False)
+        again = open_buffer(lock=False)
         assert again.stats().pending == 10
         lease = again.lease(50)
         assert lease is not None and len(lease.entries) == 10
         again.close()
 
-    def test_two_processes_never_lease_the_same_item(self, tmp_path: Path) -> None:
+    def test_two_processes_never_lease_the_same_item(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """The agent and a tool leasing at the same time: every item goes to exactly one."""
         db = tmp_path / "b.db"
-        s = QueueStore(str(db))
+        s = open_buffer()
         for i in range(3000):
             s.commit([chunk([f"l{i}"], i * 10)], None)
         code = (
-            "import json, sys; from queue_store.store import QueueStore, Selection, READY;"
+            "import json, sys; from queue_store.store import QueueStore, Selection;"
+            " from queue_store.schema import READY;"
             f"s = QueueStore({str(db)!r}, lock=False); got = [];\n"
             "print('go', flush=True)\n"
             "while s.count(Selection()) > 0:\n"
@@ -243,9 +255,11 @@ class TestReviewRegressions:
         assert sorted(mine + theirs) == sorted(f"l{i}" for i in range(3000))
         s.close()
 
-    def test_import_with_a_batch_size_not_dividing_the_stage(self, tmp_path: Path) -> None:
+    def test_import_with_a_batch_size_not_dividing_the_stage(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """12,000 entries in items of 30: all 12,000 imported, none lost at stage edges."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         entries = [
             {"log_text": f"e{i}", "source": "s", "timestamp": "t", "event_uid": f"u{i}"}
             for i in range(12000)
@@ -253,11 +267,12 @@ class TestReviewRegressions:
         assert s.import_entries(iter(entries), per_item=30) == (12000, 0)
         assert s.import_entries(iter(entries), per_item=30) == (0, 12000)
         assert s.stats().pending == 12000
-        s.close()
 
-    def test_exported_history_goes_before_unexported_lines(self, tmp_path: Path) -> None:
+    def test_exported_history_goes_before_unexported_lines(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """Over budget after an export: exported entries are forgotten, no pending one dropped."""
-        s = QueueStore(str(tmp_path / "b.db"), max_bytes=100_000)
+        s = open_buffer(max_bytes=100_000)
         line = "x" * 999
         for i in range(90):
             s.commit([chunk([line], i * 1000)], None)
@@ -269,14 +284,13 @@ class TestReviewRegressions:
         st = s.stats()
         assert (st.pending, st.dropped) == (90, 0)
         assert st.exported < 90
-        s.close()
 
     def test_a_dead_owner_whose_pid_is_now_another_process_is_released(
-        self, tmp_path: Path
+        self, tmp_path: Path, open_buffer: OpenBuffer
     ) -> None:
         """Liveness is asked of the owner's lock, not its pid: a reused pid (here a live
         `sleep`) does not keep a crashed process's leases stuck."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         s.commit([chunk(["a"])], None)
         s.close()
         sleeper = subprocess.Popen(["sleep", "30"])
@@ -287,7 +301,7 @@ class TestReviewRegressions:
             )
             con.commit()
             con.close()
-            s = QueueStore(str(tmp_path / "b.db"))
+            s = open_buffer()
             lease = s.lease(10)
             assert lease is not None and [e.log_text for e in lease.entries] == ["a"]
             s.close()
@@ -295,24 +309,25 @@ class TestReviewRegressions:
             sleeper.kill()
             sleeper.wait()
 
-    def test_a_failed_ack_leaves_the_lease_to_be_released(self, tmp_path: Path) -> None:
+    def test_a_failed_ack_leaves_the_lease_to_be_released(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
         """If writing the ack fails, the lease is not finished: it can be given back and sent
         again (a duplicate at worst, never a loss)."""
-        s = QueueStore(str(tmp_path / "b.db"))
+        s = open_buffer()
         s.commit([chunk(["a", "b"])], None)
         lease = s.lease(10)
         assert lease is not None
-        real_finish = s.finish
+        real_ack = s.ack
 
         def failing(_lease):  # type: ignore[no-untyped-def]
-            raise sqlite3.OperationalError("database or disk is full")
+            raise BufferWriteError("database or disk is full")
 
-        s.finish = failing  # type: ignore[method-assign]
-        with pytest.raises(sqlite3.OperationalError):
+        s.ack = failing  # type: ignore[method-assign]
+        with pytest.raises(BufferWriteError):
             lease.settled(lease.entries, dead=False)
         assert not lease.finished
-        s.finish = real_finish  # type: ignore[method-assign]
+        s.ack = real_ack  # type: ignore[method-assign]
         s.release(lease)
         again = s.lease(10)
         assert again is not None and [e.log_text for e in again.entries] == ["a", "b"]
-        s.close()

@@ -6,6 +6,7 @@
     ├── BufferLocked           → exit 1: another agent process owns this buffer
     ├── QueueCorrupt           → quarantine the buffer file, start a fresh one, keep collecting
     ├── BufferFull             → policy "block": the collector waits for room
+    ├── BufferWriteError       → disk full, I/O error: keep what was read, retry the write
     └── SendError
         └── TransientSendError → back off and retry (network, TLS, DNS, timeout)
 
@@ -45,6 +46,10 @@ class QueueCorrupt(AgentError):
 
 class BufferFull(AgentError):
     """The buffer is at its byte budget and the policy is ``block``."""
+
+
+class BufferWriteError(AgentError):
+    """The buffer could not be written (disk full, I/O error, a read-only file)."""
 
 
 class SendError(AgentError):

@@ -1,0 +1,155 @@
+"""Leases: choosing items to send, taking them, and settling them (ack, release).
+
+An item is leased (``unack``) by one process at a time, with ``owner`` = its pid and
+``leased_from`` = the state it was taken from; settling moves it to acked (the ack), back to
+where it came from (release), or to exported.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from queue_store.schema import ACKED, EXPORTED, READY, TABLE, UNACK
+
+RELEASE_PAGE = 500  # ids per UPDATE: SQLite's variable limit is far, but keep statements small
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which items a lease may take: by state, up to an id, committed since, from a source."""
+
+    statuses: tuple[int, ...] = (READY,)
+    upto_id: int | None = None
+    after_id: int | None = None
+    since: float | None = None
+    source: str | None = None
+
+    def where(self) -> tuple[str, tuple[Any, ...]]:
+        marks = ",".join("?" * len(self.statuses))
+        # One status: "status = ?" lets SQLite walk the index in _id order with no sort.
+        parts = [f"status IN ({marks})" if len(self.statuses) > 1 else "status = ?"]
+        params: list[Any] = list(self.statuses)
+        bounds = (
+            (self.upto_id, "_id <= ?"),
+            (self.after_id, "_id > ?"),
+            (self.since, "timestamp >= ?"),
+            (self.source, "(source = ? OR source IS NULL)"),
+        )
+        for value, clause in bounds:
+            if value is not None:
+                parts.append(clause)
+                params.append(value)
+        return " AND ".join(parts), tuple(params)
+
+
+def ready_head(db: sqlite3.Connection, max_lines: int) -> tuple[int, float | None]:
+    """(lines ready in the first ``max_lines`` worth of items, commit time of the oldest)."""
+    total = 0
+    oldest: float | None = None
+    cursor = db.execute(
+        f"SELECT n_lines, timestamp FROM {TABLE} WHERE status = ? ORDER BY _id LIMIT ?",
+        (READY, max_lines),
+    )
+    for n, ts in cursor:
+        if oldest is None:
+            oldest = ts
+        if total + n > max_lines and total:
+            break
+        total += n
+        if total >= max_lines:
+            break
+    cursor.close()
+    return total, oldest
+
+
+def choose(db: sqlite3.Connection, sel: Selection, max_lines: int) -> list[int]:
+    """The oldest selected items, up to ``max_lines`` lines, on the index alone (no blobs)."""
+    where, params = sel.where()
+    cursor = db.execute(
+        f"SELECT _id, n_lines FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
+        (*params, max_lines),
+    )
+    ids: list[int] = []
+    total = 0
+    for rid, n in cursor:
+        if total + n > max_lines and ids:
+            break
+        ids.append(rid)
+        total += n
+        if total >= max_lines:
+            break
+    cursor.close()
+    return ids
+
+
+def blobs(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes]:
+    marks = ",".join("?" * len(ids))
+    return dict(db.execute(f"SELECT _id, data FROM {TABLE} WHERE _id IN ({marks})", ids))
+
+
+def take(db: sqlite3.Connection, ids: Sequence[int], sel: Selection, owner: int) -> list[int]:
+    """Lease what is still in a selected state; the ids won. Another process (the agent, a
+    replay, an export) may choose the same items at the same moment: only one wins each."""
+    marks = ",".join("?" * len(sel.statuses))
+    won: list[int] = []
+    for i in ids:
+        cur = db.execute(
+            f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ?"
+            f" WHERE _id = ? AND status IN ({marks})",
+            (UNACK, owner, i, *sel.statuses),
+        )
+        if cur.rowcount == 1:
+            won.append(i)
+    return won
+
+
+def ack_items(db: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
+    """The ack: delivered items become acked history (kept for the retention window)."""
+    set_status(db, ids, ACKED, now)
+
+
+def set_status(db: sqlite3.Connection, ids: Sequence[int], status: int, now: float) -> None:
+    """Settle items for good: acked, exported or dead (no longer leased by anyone)."""
+    db.executemany(
+        f"UPDATE {TABLE} SET status = ?, acked_at = ?, owner = NULL, leased_from = NULL"
+        " WHERE _id = ?",
+        [(status, now, i) for i in ids],
+    )
+
+
+def mark_exported(db: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
+    set_status(db, ids, EXPORTED, now)
+
+
+def unlease_where(db: sqlite3.Connection, cond: str, params: tuple[Any, ...]) -> None:
+    """Leased items matching ``cond`` go back to the state they were leased from."""
+    db.execute(
+        f"UPDATE {TABLE} SET status = COALESCE(leased_from, ?), owner = NULL,"
+        f" leased_from = NULL WHERE status = ? AND {cond}",
+        (READY, UNACK, *params),
+    )
+
+
+def release(db: sqlite3.Connection, ids: Sequence[int]) -> None:
+    for start in range(0, len(ids), RELEASE_PAGE):
+        part = tuple(ids[start : start + RELEASE_PAGE])
+        unlease_where(db, f"_id IN ({','.join('?' * len(part))})", part)
+
+
+def lease_owners(db: sqlite3.Connection) -> list[int | None]:
+    return [r[0] for r in db.execute(f"SELECT DISTINCT owner FROM {TABLE} WHERE status = ?",
+                                     (UNACK,))]  # fmt: skip
+
+
+def count(db: sqlite3.Connection, sel: Selection) -> int:
+    """Lines in the selected items."""
+    where, params = sel.where()
+    row = db.execute(f"SELECT COALESCE(SUM(n_lines), 0) FROM {TABLE} WHERE {where}", params)
+    return int(row.fetchone()[0])
+
+
+def max_id(db: sqlite3.Connection) -> int:
+    return int(db.execute(f"SELECT COALESCE(MAX(_id), 0) FROM {TABLE}").fetchone()[0])

@@ -31,6 +31,7 @@ class Heartbeat:
         retry: RetryPolicy,
         clock: Clock,
         health: SendHealth | None = None,
+        extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.transport = transport
         self.registrar = registrar
@@ -39,6 +40,7 @@ class Heartbeat:
         self.retry = retry
         self.clock = clock
         self.health = health
+        self.extra = extra  # additive fields for the server (the agent's problems)
         self.next_register = 0.0
         self.next_beat: float | None = None
         self._failing = False
@@ -97,6 +99,8 @@ class Heartbeat:
             "agent_version": self.registrar.info.agent_version,
             "buffer": self.buffer_figures(),
         }
+        if self.extra is not None:
+            payload.update(self.extra())
         try:
             reply = self.transport.post_json("/api/agent/heartbeat", payload)
         except TransientSendError as exc:

@@ -60,3 +60,24 @@ def classify(status: int, n_entries: int = 1, request: Request = Request.BATCH) 
 def unanswered(reason: str) -> Decision:
     """No HTTP answer (refused, reset, timeout, DNS, TLS): transient, retry."""
     return Decision(Outcome.RETRY, reason)
+
+
+FAILURE_KINDS = ("http_503", "http_429", "http_500", "connection", "timeout", "tls", "auth")
+
+
+def failure_kind(reason: str) -> str:
+    """A short, bounded label for a failure reason (the metrics' ``reason``)."""
+    if reason.startswith("server answered "):
+        return "http_" + reason.split()[2].rstrip(":")
+    for prefix, kind in (
+        ("API key rejected", "auth"),
+        ("redirect", "redirect"),
+        ("TLS failure", "tls"),
+        ("connect timeout", "timeout"),
+        ("read timeout", "timeout"),
+        ("connection", "connection"),
+        ("send crashed", "bug"),
+    ):
+        if reason.startswith(prefix):
+            return kind
+    return "other"

@@ -11,6 +11,8 @@ from forwarder.health import SendHealth
 from forwarder.loop import Forwarder
 from forwarder.registrar import AgentInfo, Registrar
 from forwarder.retry import RetryPolicy
+from forwarder.senders import make_executor
+from forwarder.sink import Sink
 from forwarder.transport import Transport
 from ila_core.clock import Clock
 from queue_store.store import QueueStore, Selection
@@ -34,7 +36,8 @@ class ReplayResult:
 
 def replay(
     store: QueueStore,
-    transport: Transport,
+    sink: Sink,
+    transport: Transport | None,
     info: AgentInfo,
     *,
     selection: Selection,
@@ -44,26 +47,35 @@ def replay(
     total: int,
     max_failures: int = DEFAULT_MAX_FAILURES,
     progress: Callable[[int], None] | None = None,
+    max_in_flight: int = 1,
+    batch_max_bytes: int | None = None,
 ) -> ReplayResult:
-    """Send the selected items; gives up after ``max_failures`` failed attempts in a row."""
+    """Send the selected items the way the agent does (batches in flight, the same answer
+    table) through ``sink``; registers over ``transport`` first (None: a broker output, no
+    registration). Gives up after ``max_failures`` failed attempts in a row."""
     registrar = Registrar(info)
+    if transport is None:
+        registrar.registered.set()
     reg_retry = RetryPolicy(retry_cap)
     health = SendHealth(lambda _v: None, clock.wall)  # the agent's last_error is not ours
+    executor = make_executor(max_in_flight) if max_in_flight > 1 else None
     fwd = Forwarder(
         store,
-        transport,
+        sink,
         registrar,
-        hostname=info.hostname,
         batch_size=batch_size,
         batch_interval=0.0,
         retry=RetryPolicy(retry_cap),
         clock=clock,
         health=health,
         selection=selection,
+        max_in_flight=max_in_flight,
+        batch_max_bytes=batch_max_bytes,
+        executor=executor,
     )
     error: str | None = None
     while not clock.stopped:
-        if not registrar.registered.is_set():
+        if transport is not None and not registrar.registered.is_set():
             result = registrar.register(transport)
             if not result.ok:
                 error = f"register: {result.reason}"
@@ -78,12 +90,15 @@ def replay(
         if fwd.retry.failures >= max_failures:
             error = health.error
             break
-        if fwd.exhausted and not fwd.work:
+        if fwd.exhausted and fwd.idle:
             error = None
             break
         if wait > 0:
-            clock.wait(wait)
-    fwd.abandon()
+            fwd.wake.wait(wait)  # an answer from a sending thread wakes it early
+            fwd.wake.clear()
+    fwd.wind_down(0.0 if error else 5.0)
+    if executor is not None:
+        executor.shutdown(wait=False)
     if clock.stopped and error is None and not fwd.exhausted:
         error = "interrupted"
     left = max(0, total - fwd.sent_lines - fwd.dead_lines) if error else 0

@@ -11,13 +11,17 @@ from urllib.parse import urlsplit
 
 import requests
 import structlog
+import urllib3
 
+from forwarder.deadline import WATCHDOG, GuardedAdapter
 from forwarder.retry import parse_retry_after
 from ila_core.errors import TransientSendError
 
 log = structlog.get_logger("forwarder")
 
 DEFAULT_USER_AGENT = "ila-soc-agent"  # the wiring passes "ila-soc-agent/<version>"
+DEFAULT_POOL_SIZE = 10
+ANSWER_MAX_BYTES = 65536  # more of an answer is not read: the connection is dropped instead
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -27,6 +31,7 @@ class Reply:
     retry_after: float | None
     ms: int
     location: str | None = None
+    body: bytes = b""  # at most ANSWER_MAX_BYTES of it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +53,22 @@ class TransportSettings:
 class Transport:
     """POSTs JSON to the server over a given requests.Session (tests mount adapters on it)."""
 
-    def __init__(self, settings: TransportSettings, session: requests.Session | None = None):
+    def __init__(
+        self,
+        settings: TransportSettings,
+        session: requests.Session | None = None,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ):
         self.settings = settings
-        self.session = session or requests.Session()
+        if session is None:
+            session = requests.Session()
+            # One kept-alive connection per request in flight (the default keeps 10); each
+            # request is cut off at its deadline, however slowly the server trickles.
+            adapter = GuardedAdapter(pool_maxsize=max(pool_size, 1))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
         self.session.trust_env = False  # no proxy/netrc surprises: the key goes to server_url only
         self.session.verify = settings.tls_ca_file or True
         if settings.tls_client_cert:
@@ -78,35 +96,91 @@ class Transport:
             body = gzip.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
         started = time.monotonic()
-        try:
-            resp = self.session.post(
-                self._base + path,
-                data=body,
-                headers=headers,
-                timeout=(self.settings.connect_timeout, self.settings.request_timeout),
-                allow_redirects=False,
-            )
-        except requests.exceptions.RequestException as exc:
-            raise TransientSendError(_describe(exc)) from exc
-        try:
-            resp.content  # noqa: B018 - read the body so the connection can be reused
-        except requests.exceptions.RequestException as exc:
-            raise TransientSendError(_describe(exc)) from exc
-        finally:
-            resp.close()
+        # The whole answer within connect + request timeout, not just each silence.
+        deadline = self.settings.connect_timeout + self.settings.request_timeout
+        with WATCHDOG.guard(deadline) as guard:
+            try:
+                resp = self.session.post(
+                    self._base + path,
+                    data=body,
+                    headers=headers,
+                    timeout=(self.settings.connect_timeout, self.settings.request_timeout),
+                    allow_redirects=False,
+                    stream=True,
+                )
+                try:
+                    answer = _read_bounded(resp)
+                finally:
+                    resp.close()
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+                if guard.fired:
+                    raise TransientSendError(
+                        f"read timeout: no complete answer within {deadline:g} s",
+                        congestion=True,
+                    ) from exc
+                if isinstance(exc, urllib3.exceptions.HTTPError):  # reading the body
+                    timed_out = isinstance(exc, urllib3.exceptions.ReadTimeoutError)
+                    raise TransientSendError(
+                        _describe_read(exc), congestion=timed_out, down=not timed_out
+                    ) from exc
+                raise _failure(exc) from exc
         return Reply(
             status=resp.status_code,
             retry_after=parse_retry_after(resp.headers.get("Retry-After")),
             ms=int((time.monotonic() - started) * 1000),
             location=resp.headers.get("Location"),
+            body=answer,
         )
 
     def close(self) -> None:
         self.session.close()
 
 
+def _read_bounded(resp: requests.Response) -> bytes:
+    """The answer's body up to ANSWER_MAX_BYTES. A longer one (a misbehaving server: 100 MB)
+    is not read on; closing the response then drops the connection rather than drain it."""
+    if resp.raw is None:  # an adapter that answered from memory (tests)
+        return bytes(resp.content[:ANSWER_MAX_BYTES])
+    data = resp.raw.read(ANSWER_MAX_BYTES + 1, decode_content=True)
+    if len(data) > ANSWER_MAX_BYTES:
+        log.warning("answer_too_large", kept_bytes=ANSWER_MAX_BYTES, note="connection dropped")
+        return bytes(data[:ANSWER_MAX_BYTES])
+    return bytes(data)
+
+
+def _describe_read(exc: urllib3.exceptions.HTTPError) -> str:
+    """A failure while reading the answer's body."""
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "connection closed mid-answer"
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "read timeout: timed out"
+    return f"reading the answer failed: {type(exc).__name__}"
+
+
+def _failure(exc: requests.exceptions.RequestException) -> TransientSendError:
+    reason = _describe(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TransientSendError(reason)  # TLS: a configuration problem, not load
+    if "Name or service not known" in reason or "name resolution" in reason.lower():
+        return TransientSendError(reason)  # DNS: likewise
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return TransientSendError(reason, congestion=True)
+    down = isinstance(
+        exc, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError
+    )  # refused, reset, closed mid-answer, a connect timeout
+    return TransientSendError(reason, down=down)
+
+
 def _describe(exc: requests.exceptions.RequestException) -> str:
     """A short, key-free reason for a failed request."""
+    if isinstance(
+        exc, requests.exceptions.SSLError
+    ) and "mismatch, certificate is not valid" in str(exc):
+        return "TLS failure: the server's certificate is not for this host name"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError) or "IncompleteRead" in str(exc):
+        return "connection closed mid-answer"
+    if "RemoteDisconnected" in str(exc) or "closed connection without response" in str(exc):
+        return "connection closed before an answer"
     kinds = (
         (requests.exceptions.SSLError, "TLS failure"),
         (requests.exceptions.ConnectTimeout, "connect timeout"),

@@ -57,4 +57,14 @@ class SendError(AgentError):
 
 
 class TransientSendError(SendError):
-    """Connection refused/reset, timeout, DNS or TLS failure: retry later."""
+    """Connection refused/reset, timeout, DNS or TLS failure: retry later.
+
+    ``congestion``: sent and not answered in time (the output is overloaded); ``down``:
+    refused or reset (the output is down or shedding connections). Either way the agent
+    sends less; a DNS or TLS failure is a configuration problem, neither.
+    """
+
+    def __init__(self, reason: str, *, congestion: bool = False, down: bool = False) -> None:
+        super().__init__(reason)
+        self.congestion = congestion
+        self.down = down

@@ -30,14 +30,24 @@ class Lease:
         self.finished = False
 
     def settled(self, entries: Sequence[Entry], *, dead: bool) -> None:
-        self.outstanding -= len(entries)
-        if dead:
-            self.dead.extend(entries)
-        else:
-            self.delivered += len(entries)
-        if self.outstanding == 0 and not self.finished:
-            self.store.ack(self)
-            self.finished = True  # only once it is written: a failed ack is released
+        """Count ``entries`` delivered (or dead)."""
+        self.settle(() if dead else entries, entries if dead else ())
+
+    def settle(self, delivered: Sequence[Entry], dead: Sequence[Entry]) -> None:
+        """Count entries delivered and dead; the last ones of the lease write the ack. If that
+        write fails, nothing of this call is counted: the caller sends the entries again."""
+        n = len(delivered) + len(dead)
+        self.dead.extend(dead)
+        self.delivered += len(delivered)
+        if self.outstanding == n and not self.finished:
+            try:
+                self.store.ack(self)
+            except BaseException:
+                del self.dead[len(self.dead) - len(dead) :]
+                self.delivered -= len(delivered)
+                raise
+            self.finished = True
+        self.outstanding -= n
 
 
 class BatchSettledTwice(RuntimeError):
@@ -46,7 +56,7 @@ class BatchSettledTwice(RuntimeError):
 
 @dataclass(eq=False)
 class Batch:
-    """Leased entries. Exactly one of ack / retry / split / dead_letter is called."""
+    """Leased entries. Exactly one of ack / retry / split / dead_letter / partition is called."""
 
     lease: Lease
     entries: Sequence[Entry]
@@ -87,3 +97,16 @@ class Batch:
             raise ValueError("only a single rejected entry is dead-lettered")
         self._settle("dead_letter")
         self.lease.settled(self.entries, dead=True)
+
+    def partition(self, confirmed: Sequence[int], refused: Sequence[int]) -> Batch | None:
+        """An output that answers entry by entry (a broker): the ``confirmed`` (indices) are
+        delivered, the ``refused`` kept as dead letters, and the rest returned as a batch to
+        send again (None when nothing is left)."""
+        self._check_open("partition")
+        done = set(confirmed) | set(refused)
+        if len(done) != len(confirmed) + len(refused) or not done <= set(range(len(self.entries))):
+            raise ValueError("confirmed and refused must be distinct indices of the batch")
+        rest = [e for i, e in enumerate(self.entries) if i not in done]
+        self._settle("partition")
+        self.lease.settle([self.entries[i] for i in confirmed], [self.entries[i] for i in refused])
+        return Batch(self.lease, rest, self.attempt + 1) if rest else None

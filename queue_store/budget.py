@@ -9,9 +9,15 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from queue_store.schema import ACKED, EXPORTED, READY, TABLE
+import structlog
+
+from ila_core.errors import BufferFull
+from queue_store.schema import ACKED, EXPORTED, READY, TABLE, UNACK
+from queue_store.stats import bump_meta
 
 POLICIES = ("drop_oldest", "block")
+
+log = structlog.get_logger("queue_store")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,16 @@ def pending_bytes(db: sqlite3.Connection) -> int:
         db.execute(
             f"SELECT COALESCE(SUM(n_bytes),0) FROM {TABLE} WHERE status NOT IN (?, ?)",
             (ACKED, EXPORTED),
+        ).fetchone()[0]
+    )
+
+
+def movable_bytes(db: sqlite3.Connection) -> int:
+    """Bytes of entries that are ready or in flight: what acks will free."""
+    return int(
+        db.execute(
+            f"SELECT COALESCE(SUM(n_bytes),0) FROM {TABLE} WHERE status IN (?, ?)",
+            (READY, UNACK),
         ).fetchone()[0]
     )
 
@@ -68,3 +84,25 @@ def drop_oldest(db: sqlite3.Connection, free: int) -> Dropped:
         items += 1
         freed += row[2]
     return Dropped(lines, items, freed)
+
+
+def make_room(db: sqlite3.Connection, *, need: int, max_bytes: int, policy: str) -> int:
+    """Room for ``need`` more bytes (in the caller's transaction): acked history goes first,
+    then the policy applies. Returns the bytes held afterwards; raises BufferFull (block)."""
+    keep = max(0, max_bytes - need - pending_bytes(db))
+    forget_history(db, keep_bytes=keep)
+    total = total_bytes(db)
+    if total + need <= max_bytes:
+        return total
+    if policy == "block":
+        if movable_bytes(db) == 0:
+            # Nothing an ack could free: waiting would wait forever. A commit larger than the
+            # whole free budget goes in alone, over the budget.
+            log.warning("buffer_over_budget", bytes=need, budget=max_bytes)
+            return total
+        raise BufferFull(f"buffer at {total} of {max_bytes} bytes")
+    dropped = drop_oldest(db, total + need - max_bytes)
+    if dropped.lines:
+        bump_meta(db, "dropped", dropped.lines)
+        log.warning("buffer_full_dropped", lines=dropped.lines, budget=max_bytes)
+    return total - dropped.bytes

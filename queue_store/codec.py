@@ -18,7 +18,7 @@ from typing import Any
 from persistqueue.serializers import json as json_serializer
 
 from ila_core.clock import rfc3339_ms
-from queue_store.records import Chunk, Entry, event_uid
+from queue_store.records import Chunk, Entry, event_uids
 from queue_store.schema import READY, TABLE
 
 ITEM_VERSION = 1
@@ -73,12 +73,19 @@ def decode_item(item_id: int, data: bytes | str) -> Iterator[Entry]:
         for d in item["entries"]:
             yield Entry.from_wire(item_id, d)
         return
-    fid = item["fid"]
     src = item["src"]
     ts = rfc3339_ms(float(item["ts"]))
-    extras = item.get("x") or {}
-    for i, (text, off) in enumerate(zip(item["lines"], item["offs"], strict=True)):
-        yield Entry(item_id, text, src, ts, event_uid(fid, off), None, extras.get(str(i)))
+    texts, offs = item["lines"], item["offs"]
+    if len(texts) != len(offs):
+        raise ValueError(f"item {item_id}: {len(texts)} lines but {len(offs)} offsets")
+    uids = event_uids(item["fid"], offs)
+    extras = item.get("x")
+    if not extras:
+        for text, uid in zip(texts, uids):  # noqa: B905 - lengths checked above
+            yield Entry(item_id, text, src, ts, uid)
+        return
+    for i, (text, uid) in enumerate(zip(texts, uids)):  # noqa: B905 - lengths checked above
+        yield Entry(item_id, text, src, ts, uid, None, extras.get(str(i)))
 
 
 # What a damaged or tampered item raises when decoded: it is set aside, never executed.

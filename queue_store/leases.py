@@ -14,6 +14,7 @@ from typing import Any
 
 from queue_store.schema import ACKED, EXPORTED, READY, TABLE, UNACK
 
+ENTRY_OVERHEAD_BYTES = 200  # {"log_text":…,"source":…,"timestamp":…,"hostname":…,"event_uid":…}
 RELEASE_PAGE = 500  # ids per UPDATE: SQLite's variable limit is far, but keep statements small
 
 
@@ -65,24 +66,34 @@ def ready_head(db: sqlite3.Connection, max_lines: int) -> tuple[int, float | Non
     return total, oldest
 
 
-def choose(db: sqlite3.Connection, sel: Selection, max_lines: int) -> list[int]:
-    """The oldest selected items, up to ``max_lines`` lines, on the index alone (no blobs)."""
+def choose(
+    db: sqlite3.Connection, sel: Selection, max_lines: int, max_bytes: int | None = None
+) -> list[int]:
+    """The oldest selected items, up to ``max_lines`` lines and about ``max_bytes`` of request
+    body (the first item always), on the index alone (no blobs)."""
     where, params = sel.where()
     cursor = db.execute(
-        f"SELECT _id, n_lines FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
+        f"SELECT _id, n_lines, n_bytes FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
         (*params, max_lines),
     )
     ids: list[int] = []
-    total = 0
-    for rid, n in cursor:
-        if total + n > max_lines and ids:
+    lines = size = 0
+    for rid, n, nb in cursor:
+        size += body_estimate(n, nb)
+        if ids and (lines + n > max_lines or (max_bytes is not None and size > max_bytes)):
             break
         ids.append(rid)
-        total += n
-        if total >= max_lines:
+        lines += n
+        if lines >= max_lines:
             break
     cursor.close()
     return ids
+
+
+def body_estimate(n_lines: int, n_bytes: int) -> int:
+    """About how many bytes of request body ``n_lines`` lines of ``n_bytes`` make: their
+    text, a little escaping, and each entry's keys, source, timestamp and event_uid."""
+    return n_bytes + n_bytes // 16 + n_lines * ENTRY_OVERHEAD_BYTES
 
 
 def blobs(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes]:

@@ -14,9 +14,14 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from ila_core.errors import BufferLocked
+import structlog
+
+from ila_core.errors import BufferLocked, QueueCorrupt
+
+log = structlog.get_logger("queue_store")
 
 
 def try_lock(lock_path: str) -> int | None:
@@ -93,6 +98,18 @@ def integrity_problem(path: str) -> str | None:
     return None
 
 
+def check_integrity(path: str, *, may_quarantine: bool, now: float) -> str | None:
+    """A corrupt file is moved aside (returns where to) or, for a tool, refused."""
+    problem = integrity_problem(path)
+    if problem is None:
+        return None
+    if not may_quarantine:
+        raise QueueCorrupt(f"{path}: {problem} (the agent quarantines it at start-up)")
+    moved_to = quarantine(path, now)
+    log.error("buffer_corrupt_quarantined", path=path, moved_to=moved_to, problem=problem)
+    return moved_to
+
+
 def quarantine(path: str, now: float) -> str:
     """Move a corrupt buffer (and its WAL and shared memory) aside; returns the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
@@ -106,3 +123,58 @@ def quarantine(path: str, now: float) -> str:
         if os.path.exists(path + suffix):
             os.replace(path + suffix, target + suffix)
     return target
+
+
+Identity = tuple[tuple[int, int] | None, tuple[int, int] | None]
+
+
+def file_identity(path: str) -> Identity:
+    """(device, inode) of the buffer file and of its WAL, as they are on disk now."""
+
+    def ident(p: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    return ident(path), ident(path + "-wal")
+
+
+def tampering(opened: Identity, now: Identity) -> str | None:
+    """What happened to the files since they were opened, if anything."""
+    if now == opened:
+        return None
+    what = "buffer file" if now[0] != opened[0] else "write-ahead log"
+    return f"the {what} was {'deleted' if None in now else 'replaced'} while running"
+
+
+def restore(db: sqlite3.Connection, path: str, *, before_replace: Callable[[], None]) -> None:
+    """Copy the open database (everything committed, read through its open file) back to
+    ``path``; ``before_replace`` closes the old connection first."""
+    target_path = f"{path}.restore-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target_path)
+    target = sqlite3.connect(target_path)
+    try:
+        db.backup(target)
+    finally:
+        target.close()
+    before_replace()
+    os.replace(target_path, path)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o600)
+
+
+def explain_failure(path: str, exc: sqlite3.Error) -> str:
+    """What failed, with the file's own reason when SQLite says only "disk I/O error"."""
+    reason = str(exc)
+    if "I/O error" in reason:
+        for p in (path, path + "-wal"):
+            try:
+                os.close(os.open(p, os.O_WRONLY))
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                return f"{reason} ({os.path.basename(p)}: {err.strerror})"
+    return reason

@@ -7,7 +7,7 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 FORMAT_VERSION = 1
 
@@ -84,9 +84,24 @@ def event_uid(file_key: str, offset: int) -> str:
     return hashlib.sha256(f"{file_key}@{offset}".encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One log entry leased for sending; ``item_id`` is the queue item it belongs to."""
+def event_uids(file_key: str, offsets: Sequence[int]) -> list[str]:
+    """``event_uid`` of many lines of one file generation: the hash of the shared prefix is
+    computed once and copied (the same uids, at a fraction of the cost)."""
+    prefix = hashlib.sha256(f"{file_key}@".encode())
+    out = []
+    for off in offsets:
+        h = prefix.copy()
+        h.update(str(off).encode())
+        out.append(h.hexdigest()[:32])
+    return out
+
+
+class Entry(NamedTuple):
+    """One log entry leased for sending; ``item_id`` is the queue item it belongs to.
+
+    A NamedTuple rather than a frozen dataclass: hundreds of thousands are made per second on
+    the send path, and a tuple is built several times faster.
+    """
 
     item_id: int
     log_text: str

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
 from dataclasses import dataclass
 
 from persistqueue import SQLiteAckQueue
 from persistqueue.serializers import json as json_serializer
 from persistqueue.sqlackqueue import AckStatus
 
-from ila_core.errors import QueueCorrupt
+from ila_core.errors import BufferWriteError, QueueCorrupt
 
 READY = int(AckStatus.ready)
 UNACK = int(AckStatus.unack)
@@ -49,8 +48,10 @@ CREATE TABLE IF NOT EXISTS cursors (
 );
 CREATE TABLE IF NOT EXISTS imported_uids (event_uid TEXT PRIMARY KEY, pending INTEGER);
 DROP INDEX IF EXISTS idx_{TABLE}_status;
--- Covering: choosing a batch walks this index in id order and never reads the data blobs.
-CREATE INDEX IF NOT EXISTS idx_{TABLE}_pick ON {TABLE} (status, _id, n_lines, timestamp);
+DROP INDEX IF EXISTS idx_{TABLE}_pick;
+-- Covering: choosing a batch walks this index in id order and never reads the data blobs
+-- (a column stored after a large blob is read from the blob's overflow pages).
+CREATE INDEX IF NOT EXISTS idx_{TABLE}_choose ON {TABLE} (status, _id, n_lines, n_bytes, timestamp);
 """
 
 
@@ -68,10 +69,9 @@ class _ChunkQueue(SQLiteAckQueue):
 
 @dataclass(frozen=True)
 class QueueFile:
-    """An open queue: the connection every write goes through, and its transaction lock."""
+    """An open queue: the connection every read and write goes through."""
 
     db: sqlite3.Connection
-    lock: threading.Lock
     queue: SQLiteAckQueue
 
     def close(self) -> None:
@@ -98,12 +98,14 @@ def open_queue(path: str) -> QueueFile:
             auto_resume=False,
             timeout=BUSY_TIMEOUT_S,
         )
+    except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error
+        raise BufferWriteError(f"{path}: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         raise QueueCorrupt(f"{path}: {exc}") from exc
     with contextlib.suppress(OSError):
         os.chmod(path, 0o600)
     db: sqlite3.Connection = q._putter  # type: ignore[assignment]
-    return QueueFile(db, q.tran_lock, q)
+    return QueueFile(db, q)
 
 
 def migrate(db: sqlite3.Connection) -> None:

@@ -18,6 +18,7 @@ class BufferStats:
     oldest_pending_age_s: float | None
     dead_letter: int
     dropped: int
+    filtered: int
     acked_kept: int
     exported: int
     last_send_ok_at: str | None
@@ -30,6 +31,7 @@ class BufferStats:
             "oldest_pending_age_s": self.oldest_pending_age_s,
             "dead_letter": self.dead_letter,
             "dropped": self.dropped,
+            "filtered": self.filtered,
             "last_error": self.last_error,
         }
 
@@ -52,6 +54,7 @@ def read_stats(db: sqlite3.Connection, now: float) -> BufferStats:
         oldest_pending_age_s=round(max(0.0, now - min(oldest_ts)), 3) if oldest_ts else None,
         dead_letter=by_state.get(DEAD, (0, 0, None))[0],
         dropped=int(meta.get("dropped") or 0),
+        filtered=int(meta.get("filtered") or 0),
         acked_kept=by_state.get(ACKED, (0, 0, None))[0],
         exported=by_state.get(EXPORTED, (0, 0, None))[0],
         last_send_ok_at=meta.get("last_send_ok_at"),

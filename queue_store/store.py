@@ -12,19 +12,17 @@ The rooms behind the door, one file each: ``schema`` (tables, states, persist-qu
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
 
 from ila_core.clock import Clock, rfc3339_ms
-from ila_core.errors import BufferFull, BufferWriteError, QueueCorrupt
-from queue_store import budget, leases, ownership, positions, staging, stats
+from queue_store import budget, leases, positions, staging, stats
 from queue_store.batch import Lease
+from queue_store.buffer_file import BufferFile
 from queue_store.codec import (
     UNDECODABLE,
     ItemRow,
@@ -35,7 +33,7 @@ from queue_store.codec import (
 )
 from queue_store.leases import Selection
 from queue_store.records import Checkpoint, Chunk, Entry
-from queue_store.schema import ACKED, DEAD, EXPORTED, TABLE, migrate, open_queue
+from queue_store.schema import ACKED, DEAD, EXPORTED, TABLE
 from queue_store.stats import BufferStats
 
 log = structlog.get_logger("queue_store")
@@ -43,7 +41,7 @@ log = structlog.get_logger("queue_store")
 LOCKED_RETRIES = 20  # × SQLite's 30 s busy wait: ten minutes before a commit gives up
 
 
-class QueueStore:
+class QueueStore(BufferFile):
     """The buffer file: items, read positions and counters, owned by one process."""
 
     def __init__(
@@ -60,120 +58,40 @@ class QueueStore:
         no ownership lock, no quarantine (a corrupt file raises QueueCorrupt instead)."""
         if full_policy not in budget.POLICIES:
             raise ValueError(f"full_policy must be one of {budget.POLICIES}")
-        self.path = os.path.abspath(path)
         self.max_bytes = max_bytes
         self.full_policy = full_policy
         self.acked_retention_s = acked_retention_s
-        self.clock = clock or Clock()
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self.owner = lock
-        self._lock_fd = ownership.take_lock(self.path) if lock else None
-        # Held while this process may lease: how other processes tell it is alive.
-        self._owner_fd = ownership.try_lock(ownership.owner_lock(self.path, os.getpid()))
-        self.quarantined_to: str | None = None
-        try:
-            self._check_integrity()
-            self._file = open_queue(self.path)
-        except BaseException:
-            self._release_locks()
-            raise
-        self._db = self._file.db
-        self._tx = self._file.lock
-        self._room = threading.Condition()
-        self._closed = False
-        self.commit_event = threading.Event()  # set at every commit: wakes the forwarder
-        with self._tx, self._db:
-            migrate(self._db)
-        self._resume_orphans()
-        if self.quarantined_to:
-            self.set_meta("quarantined", f"{self.quarantined_to} at {self._now_iso()}")
-        with self._tx:
-            self._total_bytes = budget.total_bytes(self._db)
-
-    # -- opening -------------------------------------------------------------------------
-
-    def _check_integrity(self) -> None:
-        """A corrupt file is moved aside (the agent) or refused (a tool)."""
-        problem = ownership.integrity_problem(self.path)
-        if problem is None:
-            return
-        if not self.owner:
-            raise QueueCorrupt(f"{self.path}: {problem} (the agent quarantines it at start-up)")
-        self.quarantined_to = ownership.quarantine(self.path, self.clock.wall())
-        log.error(
-            "buffer_corrupt_quarantined", path=self.path, moved_to=self.quarantined_to,
-            problem=problem,
-        )  # fmt: skip
-
-    def _resume_orphans(self) -> None:
-        """Items leased by a process that is gone (a crash) go back to where they were;
-        an import that died half-way is removed whole."""
-        me = os.getpid()
-
-        def gone(pid: int | None) -> bool:
-            # At open this store has leased nothing: a lease under our own pid is a previous
-            # process's whose pid we reuse (a container's pid 1, a reboot).
-            return pid is None or pid == me or not ownership.alive(self.path, pid)
-
-        with self._write() as db:
-            for pid in leases.lease_owners(db):
-                if gone(pid):
-                    leases.unlease_where(db, "owner IS ?", (pid,))
-            for pid in staging.importers(db):
-                if gone(pid):
-                    staging.drop_staged(db, pid)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (the lock held by the caller); a write that fails (disk full, I/O
-        error, read-only file) becomes BufferWriteError."""
-        try:
-            with self._db:
-                yield self._db
-        except sqlite3.OperationalError as exc:
-            raise BufferWriteError(f"{self.path}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """The transaction lock and one transaction."""
-        with self._tx, self._transaction() as db:
-            yield db
-
-    @contextlib.contextmanager
-    def _settle(self) -> Iterator[sqlite3.Connection | None]:
-        """``_write`` for what becomes a no-op once the store is closed (acks, releases and
-        counters arriving during shutdown): it yields None then."""
-        with self._tx:
-            if self._closed:
-                yield None
-                return
-            with self._transaction() as db:
-                yield db
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._tx:
-            try:
-                yield self._db
-            except sqlite3.OperationalError as exc:
-                raise BufferWriteError(f"{self.path}: {exc}") from exc
-
-    def _now_iso(self) -> str:
-        return rfc3339_ms(self.clock.wall())
+        super().__init__(path, lock=lock, clock=clock)
+        with self._read() as db:
+            self._total_bytes = budget.total_bytes(db)
 
     # -- the durable boundary -------------------------------------------------------------
 
-    def commit(self, chunks: Sequence[Chunk], checkpoint: Checkpoint | None) -> None:
-        """Commit lines and the position after them in one transaction (durable)."""
-        if not chunks and checkpoint is None:
+    def commit(
+        self, chunks: Sequence[Chunk], checkpoint: Checkpoint | None, *, filtered: int = 0
+    ) -> None:
+        """Commit lines and the position after them in one transaction (durable);
+        ``filtered``: entries include/exclude dropped on the way, counted in the same."""
+        self.commit_many([(chunks, checkpoint)], filtered=filtered)
+
+    def commit_many(
+        self, reads: Sequence[tuple[Sequence[Chunk], Checkpoint | None]], *, filtered: int = 0
+    ) -> None:
+        """What several files gave, each with the position after it, in one transaction:
+        one fsync for a step over many files rather than one per file."""
+        checkpoints = [cp for _, cp in reads if cp is not None]
+        rows = [chunk_row(c) for chunks, _ in reads for c in chunks]
+        if not rows and not checkpoints:
             return
         now = self.clock.wall()
 
-        def save_position(db: sqlite3.Connection) -> None:
-            if checkpoint is not None:
-                positions.save_checkpoint(db, checkpoint, now)
+        def save_positions(db: sqlite3.Connection) -> None:
+            for cp in checkpoints:
+                positions.save_checkpoint(db, cp, now)
+            if filtered:
+                stats.bump_meta(db, "filtered", filtered)
 
-        self._commit_rows([chunk_row(c) for c in chunks], save_position, now)
+        self._commit_rows(rows, save_positions, now)
 
     def commit_records(
         self,
@@ -183,13 +101,17 @@ class QueueStore:
         source: str,
         cursor: str,
         per_item: int,
+        filtered: int = 0,
     ) -> None:
-        """Commit records (journald, event log) and the cursor after them in one transaction."""
+        """Commit records (journald, event log, syslog) and the cursor after them in one
+        transaction; ``filtered``: records include/exclude dropped, counted in the same."""
         now = self.clock.wall()
         rows = [entries_row(entries[i : i + per_item]) for i in range(0, len(entries), per_item)]
 
         def save_cursor(db: sqlite3.Connection) -> None:
             positions.save_cursor(db, key, source, cursor, now)
+            if filtered:
+                stats.bump_meta(db, "filtered", filtered)
 
         self._commit_rows(rows, save_cursor, now)
 
@@ -206,39 +128,32 @@ class QueueStore:
             # keep waiting rather than stop collecting.
             for attempt in range(LOCKED_RETRIES + 1):
                 try:
+                    self._durability(True)
                     with self._db:
                         insert_items(self._db, rows, now)
                         save_position(self._db)
                     break
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) or attempt == LOCKED_RETRIES:
-                        raise BufferWriteError(f"{self.path}: {exc}") from exc
+                        raise self._write_error(exc) from exc
                     log.warning("buffer_busy", attempt=attempt + 1, error=str(exc))
             self._total_bytes += new_bytes
         if rows:
             self.commit_event.set()
 
     def _make_room(self, need: int) -> None:
-        """Under the budget (the transaction lock held): forget old acked history first,
-        then apply the policy."""
+        """Under the budget (the transaction lock held): see budget.make_room."""
         try:
             with self._db:
-                keep = max(0, self.max_bytes - need - budget.pending_bytes(self._db))
-                budget.forget_history(self._db, keep_bytes=keep)
-            self._total_bytes = budget.total_bytes(self._db)
-            if self._total_bytes + need <= self.max_bytes:
-                return
-            if self.full_policy == "block":
-                raise BufferFull(f"buffer at {self._total_bytes} of {self.max_bytes} bytes")
-            with self._db:
-                dropped = budget.drop_oldest(self._db, self._total_bytes + need - self.max_bytes)
-                if dropped.lines:
-                    stats.bump_meta(self._db, "dropped", dropped.lines)
+                self._total_bytes = budget.make_room(
+                    self._db, need=need, max_bytes=self.max_bytes, policy=self.full_policy
+                )
         except sqlite3.OperationalError as exc:
-            raise BufferWriteError(f"{self.path}: {exc}") from exc
-        self._total_bytes -= dropped.bytes
-        if dropped.lines:
-            log.warning("buffer_full_dropped", lines=dropped.lines, budget=self.max_bytes)
+            raise self._write_error(exc) from exc
+
+    def fits(self, n_bytes: int) -> bool:
+        """Whether ``n_bytes`` more go in as they are (policy ``block``: within the budget)."""
+        return self.full_policy != "block" or self._total_bytes + n_bytes <= self.max_bytes
 
     def wait_for_room(self, timeout: float) -> None:
         """Block (policy ``block``) until an ack may have made room, or ``timeout``."""
@@ -272,11 +187,14 @@ class QueueStore:
         with self._read() as db:
             return leases.ready_head(db, max_lines)
 
-    def lease(self, max_lines: int, selection: Selection | None = None) -> Lease | None:
-        """Mark the oldest selected items (up to ``max_lines`` lines) in flight, decoded."""
+    def lease(
+        self, max_lines: int, selection: Selection | None = None, *, max_bytes: int | None = None
+    ) -> Lease | None:
+        """Mark the oldest selected items (up to ``max_lines`` lines, and about ``max_bytes``
+        of request body) in flight, decoded."""
         sel = selection or Selection()
         with self._write() as db:
-            ids = leases.choose(db, sel, max_lines)
+            ids = leases.choose(db, sel, max_lines, max_bytes)
             if not ids:
                 return None
             data = leases.blobs(db, ids)
@@ -344,13 +262,13 @@ class QueueStore:
         done = staging.Staged()
         try:
             for items in staging.stages(entries, per_item):
-                with self._write() as db:
+                with self._write(durable=True) as db:
                     done += staging.stage(db, items, me, self.clock.wall())
         except BaseException:
             with self._write() as db:
                 staging.drop_staged(db, me)
             raise
-        with self._write() as db:
+        with self._write(durable=True) as db:
             staging.promote(db, me)
             self._total_bytes = budget.total_bytes(db)
         self.commit_event.set()
@@ -358,7 +276,7 @@ class QueueStore:
 
     def migrate_legacy(self) -> int:
         """Lines the first agent left in its ``log_buffer`` table become queue items."""
-        with self._write() as db:
+        with self._write(durable=True) as db:
             moved = staging.adopt_legacy(db, self.path, self.clock.wall())
             self._total_bytes = budget.total_bytes(db)
         return moved
@@ -386,25 +304,3 @@ class QueueStore:
     def stats(self) -> BufferStats:
         with self._read() as db:
             return stats.read_stats(db, self.clock.wall())
-
-    def close(self) -> None:
-        """Release the file; closing twice is fine. Later acks become no-ops."""
-        with self._tx:
-            if self._closed:
-                return
-            self._closed = True
-            # Our leased items go back, so status shows them pending; a replay's stay its own.
-            with contextlib.suppress(sqlite3.Error), self._db:
-                leases.unlease_where(self._db, "(owner = ? OR owner IS NULL)", (os.getpid(),))
-            self._file.close()
-        self._release_locks()
-
-    def _release_locks(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        if self._owner_fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(ownership.owner_lock(self.path, os.getpid()))
-            os.close(self._owner_fd)
-            self._owner_fd = None

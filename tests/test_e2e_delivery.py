@@ -27,6 +27,7 @@ class TestDelivery:
             server_url=receiver.url,
             log_sources=[str(f) for f in files],
             heartbeat_interval=0.5,
+            max_in_flight=1,  # the order promise below holds with one batch in flight
         )
         agents.append(agent)
         agent.start()

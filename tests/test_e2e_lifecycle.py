@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import stat
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from forwarder.transport import warn_plain_http
-from tests.procs import AgentProc, ReceiverProc, wait_until, write_lines
+from tests.procs import AgentProc, ReceiverProc, make_pki, wait_until, write_lines
 
 
 def _ingests(receiver: ReceiverProc) -> list[dict]:
@@ -89,25 +88,10 @@ class TestPlainHttpWarning:
         assert [e["event"] for e in logs] == ["plain_http_to_remote_host"]
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
     """A private CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path / "pki"
-    d.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.pem", "-days", "2", "-subj", "/CN=test-ca", cwd=d)  # fmt: skip
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-                 f"{name}.csr", "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "san.cnf",
-                 cwd=d)  # fmt: skip
-    return d
+    return make_pki(tmp_path / "pki")
 
 
 class TestTls:

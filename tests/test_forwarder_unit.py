@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator, MutableMapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,15 @@ import pytest
 import requests
 from structlog.testing import capture_logs
 
+from forwarder.concurrency import ConcurrencyController, Signal
 from forwarder.encode import batch_id_of
 from forwarder.heartbeat import Heartbeat
+from forwarder.http_sink import HttpSink
 from forwarder.loop import IDLE_WAIT, UNREGISTERED_WAIT, Forwarder
+from forwarder.outcome import Decision, Outcome
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
+from forwarder.sink import Delivery
 from forwarder.transport import Transport, TransportSettings
 from ila_agent.version import USER_AGENT
 from ila_core.clock import rfc3339_ms
@@ -109,6 +114,9 @@ def build_rig(
     registered: bool = True,
     batch_size: int = BATCH_SIZE,
     batch_interval: float = BATCH_INTERVAL,
+    max_in_flight: int = 1,
+    executor: Executor | None = None,
+    batch_max_bytes: int | None = None,
 ) -> Rig:
     # The store stamps commits with the real time.time() and the forwarder ages them with
     # clock.wall(): the fake wall clock starts at real now, so a fresh commit is about 0 s old.
@@ -124,13 +132,19 @@ def build_rig(
     store, feed = make_store(tmp_path)
     forwarder = Forwarder(
         store,
-        transport,
+        HttpSink(transport, registrar.info, max_body_bytes=batch_max_bytes),
         registrar,
-        hostname="web-01",
         batch_size=batch_size,
         batch_interval=batch_interval,
         retry=RetryPolicy(RETRY_INTERVAL, jitter=identity),
         clock=clock,
+        max_in_flight=max_in_flight,
+        batch_max_bytes=batch_max_bytes,
+        # Every slot usable from the start: these tests are about settling, not ramp-up.
+        controller=ConcurrencyController(
+            max_in_flight, clock=clock.monotonic, initial_limit=max_in_flight
+        ),
+        executor=executor,
     )
     heartbeat = Heartbeat(
         transport,
@@ -688,6 +702,7 @@ VERBS: dict[str, Callable[[Batch], Any]] = {
     "retry": Batch.retry,
     "split": Batch.split,
     "dead_letter": Batch.dead_letter,
+    "partition": lambda b: b.partition([0], []),
 }
 
 
@@ -736,3 +751,229 @@ class TestBatchVerbs:
         first.ack()
         second.dead_letter()
         assert (lease.delivered, lease.dead, finisher.finished) == (1, [items[1]], [lease])
+
+
+# -- several batches in flight ------------------------------------------------------------
+
+
+class HeldExecutor(Executor):
+    """Holds every send until the test lets it go, in any order: answers out of order."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Future[Any], Callable[[], Any]]] = []
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        future: Future[Any] = Future()
+        self.held.append((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def release(self, index: int) -> None:
+        """Send the ``index``-th held request now (the adapter answers it)."""
+        future, call = self.held.pop(index)
+        future.set_result(call())
+
+
+@pytest.fixture
+def flying(tmp_path: Path) -> Iterator[tuple[Rig, HeldExecutor]]:
+    """A registered agent with 4 batches allowed in flight, whose sends the test releases."""
+    held = HeldExecutor()
+    r = build_rig(tmp_path, max_in_flight=4, executor=held)
+    yield r, held
+    r.store.close()
+
+
+class TestInFlight:
+    """Several batches outstanding at once, each settled by its own answer."""
+
+    def test_four_go_out_before_any_answer(self, flying: tuple[Rig, HeldExecutor]) -> None:
+        """With a backlog, one step hands out max_in_flight batches, and no more."""
+        rig, held = flying
+        for k in range(6):
+            rig.feed.commit(lines(8, f"b{k}"))
+        rig.forwarder.step()
+        assert len(held.held) == 4
+        assert rig.store.stats().pending == 48  # nothing acked before an answer
+
+    def test_answers_out_of_order_ack_exactly_their_batches(
+        self, flying: tuple[Rig, HeldExecutor]
+    ) -> None:
+        """The last batch answered first is acked alone; each ack matches its own answer."""
+        rig, held = flying
+        uids = [rig.feed.commit(lines(8, f"b{k}")) for k in range(3)]
+        rig.adapter.fallback = 200
+        rig.forwarder.step()
+        held.release(2)
+        rig.forwarder.step()
+        assert rig.store.stats().pending == 16
+        assert rig.ingests()[0].uids == uids[2]
+        held.release(0)
+        held.release(0)
+        rig.forwarder.step()
+        stats = rig.store.stats()
+        assert (stats.pending, stats.acked_kept) == (0, 24)
+        assert sorted(r.uids for r in rig.ingests()) == sorted(uids)
+
+    def test_retry_after_pauses_the_whole_sender(self, flying: tuple[Rig, HeldExecutor]) -> None:
+        """A 429 with Retry-After on one batch: no new request goes out until it has passed,
+        even with free slots and more batches waiting."""
+        rig, held = flying
+        for k in range(6):
+            rig.feed.commit(lines(8, f"b{k}"))
+        rig.adapter.queue((429, {"Retry-After": "10"}), 200, 200, 200)
+        rig.forwarder.step()
+        for _ in range(4):
+            held.release(0)
+        assert rig.forwarder.step() == 10.0
+        assert held.held == []
+        rig.clock.advance(9.5)
+        rig.forwarder.step()
+        assert held.held == []
+        rig.clock.advance(0.5)
+        rig.adapter.fallback = 200
+        rig.forwarder.step()
+        assert rig.forwarder.controller.limit == 2  # the 429 halved it
+        assert len(held.held) == 2
+        held.release(0)
+        assert rig.ingests()[-1].uids == rig.ingests()[0].uids  # the 429'd batch goes first
+
+    def test_an_unreachable_server_pauses_every_slot(
+        self, flying: tuple[Rig, HeldExecutor]
+    ) -> None:
+        """No answer at all (connection refused): every batch would fail alike, so nothing
+        new goes out until the backoff has passed; then the failed ones go first."""
+        rig, held = flying
+        for k in range(6):
+            rig.feed.commit(lines(8, f"b{k}"))
+        refused = requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+        rig.adapter.queue(refused, refused, refused, refused)
+        rig.forwarder.step()
+        for _ in range(4):
+            held.release(0)
+        assert rig.forwarder.step() > 0
+        assert held.held == []
+        assert len(rig.forwarder.waiting) == 4
+
+    def test_a_503_on_one_batch_lets_the_others_go_on(
+        self, flying: tuple[Rig, HeldExecutor]
+    ) -> None:
+        """A 503 answer: that batch waits its backoff, the next batches are sent meanwhile."""
+        rig, held = flying
+        for k in range(6):
+            rig.feed.commit(lines(8, f"b{k}"))
+        rig.adapter.queue(503)
+        rig.adapter.fallback = 200
+        rig.forwarder.step()
+        held.release(0)  # the 503
+        rig.forwarder.step()
+        assert len(rig.forwarder.waiting) == 1
+        assert held.held  # others went out while it waits
+        for _ in range(50):
+            while held.held:
+                held.release(0)
+            rig.clock.advance(rig.forwarder.step())
+            if rig.store.stats().pending == 0:
+                break
+        assert rig.store.stats().acked_kept == 48
+
+    def test_shutdown_gives_back_what_is_unanswered(self, flying: tuple[Rig, HeldExecutor]) -> None:
+        """At shutdown the answered batch is acked and the three unanswered are pending again."""
+        rig, held = flying
+        for k in range(4):
+            rig.feed.commit(lines(8, f"b{k}"))
+        rig.adapter.queue(200)
+        rig.forwarder.step()
+        held.release(0)
+        rig.forwarder.wind_down(0.0)
+        stats = rig.store.stats()
+        assert (stats.pending, stats.acked_kept) == (24, 8)
+        again = rig.store.lease(100)
+        assert again is not None and len(again.entries) == 24
+
+
+class TestBodyLimit:
+    """No request body is larger than batch_max_bytes."""
+
+    def test_a_body_over_the_limit_is_split_before_it_is_sent(self, tmp_path: Path) -> None:
+        """Lines that make a 2-entry body too large go one per request; none is refused."""
+        rig = build_rig(tmp_path, batch_max_bytes=1500)
+        try:
+            uids = rig.feed.commit(["x" * 900, "y" * 900, "z" * 100])
+            rig.adapter.fallback = 200
+            rig.drive_until_empty()
+            assert all(len(r.raw) <= 1500 for r in rig.ingests())
+            assert [u for r in rig.ingests() for u in r.uids] == uids
+            assert rig.forwarder.retry.failures == 0  # a split is not a failure: no backoff
+            assert [len(r.uids) for r in rig.ingests()] == [1, 2]  # no needless split
+        finally:
+            rig.store.close()
+
+
+class TestPartition:
+    """An output that confirms entry by entry: confirmed acked, refused dead, rest resent."""
+
+    def test_partition_settles_each_entry_and_returns_the_rest(self) -> None:
+        """Of 4 entries, 0 and 2 confirmed, 3 refused: entry 1 comes back as a new batch;
+        the lease is acked once the rest is settled."""
+        finisher = RecordingFinisher()
+        items = entries(4)
+        lease = Lease(finisher, [1], items)
+        rest = Batch(lease, items).partition([0, 2], [3])
+        assert rest is not None and list(rest.entries) == [items[1]] and rest.attempt == 1
+        assert (lease.delivered, lease.dead, finisher.finished) == (2, [items[3]], [])
+        rest.ack()
+        assert finisher.finished == [lease]
+
+    def test_partition_rejects_overlapping_indices(self) -> None:
+        """An index both confirmed and refused is a bug in the sink: ValueError."""
+        items = entries(2)
+        with pytest.raises(ValueError):
+            Batch(Lease(RecordingFinisher(), [1], items), items).partition([0], [0])
+
+
+class EntrySink:
+    """A sink that answers entry by entry from a script (as a broker output does)."""
+
+    name = "entries"
+
+    def __init__(self, script: list[Delivery]) -> None:
+        self.script = script
+        self.sent: list[list[str]] = []
+
+    def send(self, batch_entries: Any) -> Delivery:
+        self.sent.append([e.event_uid for e in batch_entries])
+        return self.script.pop(0) if self.script else Delivery(ACCEPTED, Signal.OK)
+
+    def close(self) -> None:
+        pass
+
+
+ACCEPTED = Decision(Outcome.DELIVERED, "accepted")
+
+
+class TestEntryByEntry:
+    def test_confirmed_acked_refused_dead_failed_sent_again(self, tmp_path: Path) -> None:
+        """Of 4 entries the output refuses #1 for good and fails #2 for now: #0 and #3 are
+        acked, #1 is a dead letter, #2 alone is sent again after the backoff."""
+        store, feed = make_store(tmp_path, lines(4))
+        clock = FakeClock()
+        partial = Delivery(
+            Decision(Outcome.RETRY, "broker: 1 failed"), Signal.OK, refused=(1,), failed=(2,)
+        )
+        sink = EntrySink([partial])
+        fwd = Forwarder(
+            store, sink, make_registrar(registered=True), batch_size=10, batch_interval=0,
+            retry=RetryPolicy(RETRY_INTERVAL, jitter=identity), clock=clock,
+        )  # fmt: skip
+        try:
+            assert fwd.step(flush=True) == 1.0  # #2 waits its backoff
+            stats = store.stats()
+            # The item is acked (with its dead letter) only once every entry is settled.
+            assert (stats.pending, stats.dead_letter) == (4, 0)
+            clock.advance(1.0)
+            fwd.step(flush=True)
+            assert sink.sent == [feed.uids, [feed.uids[2]]]
+            stats = store.stats()
+            assert (stats.pending, stats.acked_kept, stats.dead_letter) == (0, 4, 1)
+            assert (fwd.sent_lines, fwd.dead_lines) == (3, 1)
+        finally:
+            store.close()

@@ -245,6 +245,7 @@ class TestIngest:
             "events_received": 6,
             "events_unique": 3,
             "requests": 3,
+            "ingest_in_flight_max": 1,
         }
         batches = rx.get("batches")["batches"]
         assert [(b["idempotency_key"], b["inserted"], b["duplicates"]) for b in batches] == [
@@ -456,6 +457,7 @@ class TestConfig:
             "max_batch": None,
             "delay": 0.0,
             "accept_gzip": True,
+            "max_concurrent": None,
         }
         assert rx.get("config")["scripts"]["ingest-batch"] == 0
         assert rx.post("ingest-batch", batch([entry(1, "u1"), entry(2, "u2")])).status_code == 200

@@ -164,6 +164,32 @@ class TestBudget:
         assert s.stats().pending == 7
         s.close()
 
+    def test_a_commit_larger_than_the_free_budget_is_admitted_when_nothing_can_free_room(
+        self, open_buffer: OpenBuffer
+    ) -> None:
+        """Policy block, an empty buffer, one chunk larger than the whole budget: it goes in
+        (waiting for an ack that can never come would wedge the collector); the next commit
+        waits for room as usual."""
+        s = open_buffer(max_bytes=65_536, full_policy="block")
+        big = ["z" * 999] * 100  # 100,000 bytes
+        s.commit([chunk(big, 0)], None)
+        assert s.stats().pending == 100
+        with pytest.raises(BufferFull):
+            s.commit([chunk(["after"], 100_000)], None)
+
+    def test_dead_letters_do_not_wedge_a_blocked_buffer(self, open_buffer: OpenBuffer) -> None:
+        """Policy block with the budget taken by dead letters only (no ack will ever free it):
+        a new commit is admitted rather than wait forever."""
+        s = open_buffer(max_bytes=65_536, full_policy="block")
+        s.commit([chunk(["d" * 999] * 70, 0)], None)
+        lease = s.lease(100)
+        assert lease is not None
+        for e in lease.entries:
+            lease.settled([e], dead=True)
+        assert s.stats().dead_letter == 70
+        s.commit([chunk(["new"], 70_000)], None)
+        assert s.stats().pending == 1
+
 
 class TestOwnership:
     def test_second_owner_is_refused(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:

@@ -58,6 +58,7 @@ class ReceiverConfig:
     max_batch: int | None = None  # a batch with more logs → 413
     delay: float = 0.0  # seconds to wait before handling every ingest-batch
     accept_gzip: bool = True  # False: a gzip body is a 400, like the existing Flask server
+    max_concurrent: int | None = None  # more ingest-batch requests at once → 503
 
 
 def is_int(value: Any) -> bool:

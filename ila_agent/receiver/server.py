@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -226,7 +227,8 @@ class ReceiverHandler(BaseHTTPRequestHandler):
         endpoint = AGENT_PATHS.get(path)
         name = endpoint or path
         try:
-            payload = self._agent_payload(self._read_body())
+            raw = self._read_body()
+            payload = self._agent_payload(raw)
         except _HttpError as exc:
             rec.log_request(name, status=exc.status, at=at, mono=mono)
             self._send_json(exc.status, error_body(exc.message))
@@ -243,6 +245,7 @@ class ReceiverHandler(BaseHTTPRequestHandler):
             idempotency_key=idempotency_key,
             at=at,
             mono=mono,
+            body_bytes=len(raw),
         )
         scripted = rec.pop_script(endpoint) if endpoint is not None else None
         if scripted is not None:
@@ -256,12 +259,17 @@ class ReceiverHandler(BaseHTTPRequestHandler):
         if endpoint is None:
             status, answer = 404, error_body("not found")
         else:
-            status, answer = rec.handle(
-                endpoint,
-                payload,
-                api_key=self.headers.get("X-API-Key"),
-                idempotency_key=idempotency_key,
-            )
+            with rec.ingest_slot() if endpoint == "ingest-batch" else _admitted() as admitted:
+                status, answer = (
+                    rec.handle(
+                        endpoint,
+                        payload,
+                        api_key=self.headers.get("X-API-Key"),
+                        idempotency_key=idempotency_key,
+                    )
+                    if admitted
+                    else (503, error_body("too many requests at once"))
+                )
         rec.finish_request(request_id, status)
         self._send_json(status, answer)
 
@@ -400,6 +408,11 @@ def _int_param(query: dict[str, list[str]], name: str, default: int, *, minimum:
     if value < minimum:
         raise _HttpError(400, f"{name} must be at least {minimum}")
     return value
+
+
+@contextlib.contextmanager
+def _admitted() -> Iterator[bool]:
+    yield True
 
 
 def make_server(

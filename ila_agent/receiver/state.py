@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY, endpoint TEXT, status INTEGER, agent_id TEXT, n_logs INTEGER,
     batch_id TEXT, idempotency_key TEXT, scripted INTEGER NOT NULL DEFAULT 0,
-    at REAL, mono REAL);
+    at REAL, mono REAL, body_bytes INTEGER);
 """
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (event_uid, agent_id, batch_id, source, log_text, timestamp,"
@@ -74,6 +75,8 @@ class Receiver:
         self._db_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = _open_db(self.db_path)
         self._counts = self._load_counts()
+        self._ingest_now = 0
+        self._ingest_peak = 0
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -137,6 +140,7 @@ class Receiver:
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply a POST /api/receiver/config body (all or nothing); return the new config."""
         keys = {"reject_substring", "max_batch", "delay", "accept_gzip", "forget_agents", "reset"}
+        keys |= {"max_concurrent"}
         unknown = sorted(set(changes) - keys)
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
@@ -153,6 +157,11 @@ class Receiver:
             updates["max_batch"] = value
         if "delay" in changes:
             updates["delay"] = seconds(changes["delay"], "delay")
+        if "max_concurrent" in changes:
+            value = changes["max_concurrent"]
+            if value is not None and (not is_int(value) or value < 1):
+                raise ValueError("max_concurrent must be a positive integer or null")
+            updates["max_concurrent"] = value
         for flag in ("accept_gzip", "forget_agents", "reset"):
             if flag in changes and not isinstance(changes[flag], bool):
                 raise ValueError(f"{flag} must be a boolean")
@@ -299,6 +308,7 @@ class Receiver:
         idempotency_key: str | None = None,
         at: float | None = None,
         mono: float | None = None,
+        body_bytes: int | None = None,
     ) -> int:
         """Record a request on arrival (``status`` None until answered); return its id."""
         row = (
@@ -310,13 +320,14 @@ class Receiver:
             idempotency_key,
             time.time() if at is None else at,
             time.monotonic() if mono is None else mono,
+            body_bytes,
         )
         with self._db_lock:
             db = self._db()
             with db:
                 cursor = db.execute(
                     "INSERT INTO requests (endpoint, status, agent_id, n_logs, batch_id,"
-                    " idempotency_key, at, mono) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " idempotency_key, at, mono, body_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
             self._counts["requests"] += 1
@@ -335,9 +346,28 @@ class Receiver:
     # -- inspection -------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters: agents, heartbeats, batches, events_received, events_unique, requests."""
+        """Counters: agents, heartbeats, batches, events_received, events_unique, requests,
+        and ingest_in_flight_max (the most ingest-batch requests handled at once)."""
         with self._db_lock:
-            return dict(self._counts)
+            counts = dict(self._counts)
+        with self._state_lock:
+            counts["ingest_in_flight_max"] = self._ingest_peak
+        return counts
+
+    @contextlib.contextmanager
+    def ingest_slot(self) -> Iterator[bool]:
+        """Count an ingest-batch request while it is handled; False when it is one more than
+        ``max_concurrent`` allows (answered 503, like an overloaded server)."""
+        with self._state_lock:
+            self._ingest_now += 1
+            self._ingest_peak = max(self._ingest_peak, self._ingest_now)
+            limit = self.config.max_concurrent
+            admitted = limit is None or self._ingest_now <= limit
+        try:
+            yield admitted
+        finally:
+            with self._state_lock:
+                self._ingest_now -= 1
 
     def events(self, after: int = 0, limit: int = EVENTS_LIMIT[0]) -> list[dict[str, Any]]:
         """Stored events with id > ``after``, by id."""
@@ -364,7 +394,7 @@ class Receiver:
     def request_log(self, after: int = 0, limit: int = LOG_LIMIT[0]) -> list[dict[str, Any]]:
         """Logged agent requests with id > ``after``, in arrival order."""
         keys: tuple[str, ...] = ("id", "endpoint", "status", "agent_id", "n_logs", "batch_id")
-        keys += ("idempotency_key", "scripted", "at", "mono")
+        keys += ("idempotency_key", "scripted", "at", "mono", "body_bytes")
         rows = self._select(
             f"SELECT {', '.join(keys)} FROM requests WHERE id > ? ORDER BY id LIMIT ?",
             (after, limit),
@@ -481,6 +511,9 @@ def _open_db(path: str | None) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "body_bytes" not in columns:  # a receiver database from before body sizes were kept
+        conn.execute("ALTER TABLE requests ADD COLUMN body_bytes INTEGER")
     if path is not None:
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(OSError):

@@ -3,7 +3,11 @@ cleaned up however the test ends."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -78,3 +82,45 @@ def start_agent(tmp_path: Path, receiver: ReceiverProc, agents: list[AgentProc])
         return LogAgent(agent, log)
 
     return start
+
+
+@dataclass
+class Disk:
+    """A small tmpfs and a filler file that takes its free space."""
+
+    path: Path
+
+    @property
+    def filler(self) -> Path:
+        return self.path / "filler"
+
+    def fill(self) -> None:
+        """Take every free byte (the buffer's next write that needs room fails)."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for block in (65536, 4096, 512):  # down to the last partial page
+                with contextlib.suppress(OSError):
+                    while os.write(fd, b"\0" * block):
+                        pass
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {out.stderr.strip()}")
+    try:
+        yield Disk(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -110,7 +110,15 @@ class ReceiverProc:
             stdout=subprocess.DEVNULL,
             stderr=open(self.tmp / "receiver.err", "ab"),  # noqa: SIM115
         )  # fmt: skip
-        wait_until(ready.exists, 15, what="receiver ready")
+        proc = self.proc
+
+        def ready_or_gone() -> bool:
+            if proc.poll() is not None:  # it could not start (the port taken?): fail now
+                err = (self.tmp / "receiver.err").read_text(errors="replace")[-500:]
+                raise AssertionError(f"the receiver exited with {proc.returncode}: {err}")
+            return ready.exists()
+
+        wait_until(ready_or_gone, 15, what="receiver ready")
         return self
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
@@ -185,17 +193,40 @@ class AgentProc:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, extra_env: dict[str, str] | None = None) -> AgentProc:
+    def start(
+        self, extra_env: dict[str, str] | None = None, *, nofile: int | None = None
+    ) -> AgentProc:
+        """Run the agent; ``nofile``: its descriptor limit, soft and hard (``ulimit -n``)."""
         env = {k: v for k, v in os.environ.items() if k != "ILA_AGENT_API_KEY"}
         env.update(extra_env or {})
         self.starts += 1
+
+        def limit() -> None:
+            import resource
+
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [PY, "-m", "ila_agent", "run", "--config", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=open(self.tmp / "agent.err", "ab"),  # noqa: SIM115
             env=env,
+            preexec_fn=limit if nofile is not None else None,
         )
         return self
+
+    def open_files(self) -> list[str]:
+        """What the agent's descriptors point at now (/proc/<pid>/fd)."""
+        assert self.proc is not None
+        out = []
+        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
+        for fd in list(fd_dir.iterdir()) if fd_dir.exists() else []:
+            try:
+                out.append(os.readlink(fd))
+            except OSError:
+                continue  # closed meanwhile
+        return out
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -239,3 +270,23 @@ def write_lines(path: Path, lines: list[str], *, mode: str = "a") -> None:
     with open(path, mode, encoding="utf-8") as f:
         for line in lines:
             f.write(line + "\n")
+
+
+def make_pki(d: Path, *, server_names: str = "IP:127.0.0.1,DNS:localhost") -> Path:
+    """A private CA in ``d`` (ca.pem), a server certificate for ``server_names`` (a
+    subjectAltName list) and a client certificate, each with its key."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=test-ca")  # fmt: skip
+    (d / "san.cnf").write_text(f"subjectAltName={server_names}\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+                f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+                "-extfile", "san.cnf")  # fmt: skip
+    return d

@@ -1,28 +1,43 @@
-"""The collector loop: discover files, read them, commit every line before anything else."""
+"""The collector loop: find files, read what changed, commit every line before anything else.
+
+Work follows change, not the number of files: a step looks at the paths inotify named, a slice
+of the stat pass (every file is looked at within ``stat_period``), the files still busy from
+the last step, rotated files being finished and partial lines coming due. What those files
+gave is committed in one transaction. Descriptors are a budget (collector/descriptors.py).
+"""
 
 from __future__ import annotations
 
+import math
 import os
-import secrets
 import threading
+from collections import deque
 from collections.abc import Sequence
-from fnmatch import fnmatch
+from functools import partial
 
 import structlog
 
 from collector.committing import Committer
-from collector.discovery import FileSource, discover, has_magic, watch_dirs
-from collector.identity import identify, matches
+from collector.descriptors import EXHAUSTED, OpenFiles, file_cap
+from collector.discovery import FileSource
+from collector.files import FileTable
+from collector.processing import Redactor
 from collector.tailer import Read, Tailer
 from collector.watcher import Watcher
 from ila_core.clock import Clock
-from queue_store.records import Checkpoint
+from ila_core.counters import Counts
+from ila_core.health import HealthBoard
 from queue_store.store import QueueStore
 
 log = structlog.get_logger("collector")
 
 DRAIN_GRACE = 30.0  # seconds a rotated-away file must stay quiet before it is let go
-STEP_BYTES = 8 << 20  # bytes read from one file per step, so one busy file can't starve others
+TURN_BYTES = 1 << 20  # bytes read from one file per step: one busy file can't starve others
+STEP_BYTES = 16 << 20  # bytes read in one step over all files (then committed)
+STAT_PERIOD = 30.0  # with inotify: every file is still stat()ed this often (missed events)
+RESCAN_PERIOD = 30.0  # with inotify: globs matched again this often (new files come by event)
+CLOSE_INACTIVE = 60.0  # seconds without new data before a file's descriptor is let go
+COALESCE_S = 0.05  # after a step, events are gathered this long: one step for a burst
 
 
 class _Stopping(Exception):
@@ -46,36 +61,58 @@ class Collector:
         first_start: bool,
         use_inotify: bool = True,
         rotate_grace: float = DRAIN_GRACE,
+        health: HealthBoard | None = None,
+        max_open_files: int | None = None,
+        close_inactive: float = CLOSE_INACTIVE,
+        redactor: Redactor | None = None,
+        counts: Counts | None = None,
     ) -> None:
         self.store = store
-        self.sources = tuple(sources)
-        self.batch_size = batch_size
-        self.max_line_bytes = max_line_bytes
-        self.partial_line_timeout = partial_line_timeout
-        self.start_position = start_position
-        self.poll_interval = poll_interval
         self.clock = clock
-        self.first_start = first_start
+        self.partial_line_timeout = partial_line_timeout
+        self.poll_interval = poll_interval
+        self.close_inactive = close_inactive
         # Long enough for discovery to see a rotated name the globs still match.
         self.rotate_grace = max(rotate_grace, 2 * poll_interval)
-        self.active: dict[str, Tailer] = {}
-        self.draining: list[Tailer] = []
         self.wake = threading.Event()
         self.watcher = Watcher(self.wake) if use_inotify else None
-        self._problems: dict[str, str] = {}  # path → problem already reported
-        self._next_discovery = 0.0
-        self.committer = Committer(store, clock, "files")
+        self.open = OpenFiles[Tailer](
+            file_cap(max_open_files), close=Tailer.close, closable=self._closable
+        )
+        self.files = FileTable(
+            store, sources, open_files=self.open, clock=clock, batch_size=batch_size,
+            max_line_bytes=max_line_bytes, start_position=start_position,
+            first_start=first_start, redactor=redactor,
+        )  # fmt: skip
+        self.counts = counts or Counts()
+        self.committer = Committer(store, clock, "files", health, counts=self.counts)
+        self._ring: deque[str] = deque()  # the stat pass, round-robin
+        self._busy: set[str] = set()  # had more than a turn's worth: looked at again next step
+        self._partial: set[str] = set()  # hold a partial line: looked at until it is emitted
+        self._next_rescan = 0.0
+        self._last_step = clock.monotonic()
+        self._fd_exhausted = False
+        self._reconfig: tuple[tuple[FileSource, ...], Redactor] | None = None
+
+    @property
+    def active(self) -> dict[str, Tailer]:
+        return self.files.active
+
+    @property
+    def draining(self) -> list[Tailer]:
+        return self.files.draining
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Until the clock's stop event: read, commit, wait for inotify or the poll timer."""
+        """Until the clock's stop event: read, commit, wait for inotify or the next look."""
         try:
             self.start_up()
             while not self.clock.stopped:
                 if not self.step():
                     self.wake.wait(self._idle_timeout())
                     self.wake.clear()
+                    self.clock.wait(COALESCE_S)
         except _Stopping:
             pass
         finally:
@@ -86,262 +123,243 @@ class Collector:
 
     def start_up(self) -> None:
         """Open every configured file at its saved or initial position; adopt rotated ones."""
-        self._discover(self.clock.monotonic(), at_startup=True)
-        held = {(os.fstat(t.fd).st_dev, os.fstat(t.fd).st_ino): t.key for t in self.active.values()}
-        for cp in self.store.checkpoints():
-            inode = (cp.file_id.dev, cp.file_id.ino)
-            if inode not in held:
-                self._adopt_orphan(cp)
-            elif held[inode] != cp.key:
-                # An older content generation of a file we read now (rewritten while we
-                # were stopped): nothing of it can be read any more.
-                self.store.forget_checkpoint(cp.key)
-        self.first_start = False
+        self._rescan(self.clock.monotonic(), at_startup=True)
+        self.files.adopt_orphans()
+        self._busy.update(self.files.active)  # everything is read once at start-up
 
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
-        for t in [*self.active.values(), *self.draining]:
-            t.close()
-        self.active.clear()
-        self.draining.clear()
+        self.files.close_all()
+
+    def reconfigure(self, sources: Sequence[FileSource], redactor: Redactor) -> None:
+        """A reload: from the next step on, these sources and this redaction (applied in the
+        collector's own thread: nothing here is shared with a step in progress)."""
+        self._reconfig = (tuple(sources), redactor)
+        self.wake.set()
+
+    def lags(self) -> dict[str, int]:
+        """Bytes not read yet, by source (for the metrics)."""
+        lag: dict[str, int] = {}
+        for t in list(self.active.values()):
+            try:
+                size = os.stat(t.path).st_size
+            except OSError:
+                continue
+            lag[t.source] = lag.get(t.source, 0) + max(0, size - t.committed)
+        return lag
+
+    def file_counts(self) -> dict[str, int]:
+        """Tracked files, descriptors open, files waiting for a descriptor, rotated ones."""
+        waiting = sum(1 for p in self._busy if p in self.active and not self.active[p].is_open)
+        return {
+            "tracked": len(self.active) + len(self.draining),
+            "open": len(self.open),
+            "waiting": waiting,
+            "draining": len(self.draining),
+            "cap": self.open.cap,
+        }
 
     # -- one pass -------------------------------------------------------------------------
 
     def step(self) -> bool:
-        """One pass over every file; True when any bytes were read."""
+        """Look at what may have changed, read it, commit it; True when more is waiting."""
         now = self.clock.monotonic()
-        if now >= self._next_discovery:
-            self._discover(now, at_startup=False)
-            self._next_discovery = now + self.poll_interval
-        busy = False
-        for t in list(self.active.values()):
-            # Before reading: a file truncated and refilled past our offset must not be read
-            # from the old offset as if nothing happened.
-            self._check_truncated(t)
-            if self._pump(t):
-                busy = True
-            else:
-                self._check_file(t, now)
-                self._check_partial(t, now)
-        for t in list(self.draining):
-            if self._pump(t):
-                busy = True
-            elif (
-                now - t.last_data_at >= self.rotate_grace
-                and now - (t.draining_since or now) >= self.rotate_grace
+        changed, folder_changed = self.watcher.take() if self.watcher else (set(), False)
+        if self._reconfig is not None:
+            sources, redactor = self._reconfig
+            self._reconfig = None
+            new = self.files.reconfigure(sources, redactor)
+            self._busy.update(self.active)
+            self.files.discover(at_startup=False, first_seen=new)
+            folder_changed = False
+        if now >= self._next_rescan or folder_changed:
+            self._rescan(now, at_startup=False)
+        else:
+            for path in changed - self.active.keys():
+                self.files.found(path)  # a new file by event: no rescan of the folder
+        todo = self._todo(now, changed)
+        self._last_step = now
+        reads: list[tuple[Tailer, Read]] = []
+        budget = STEP_BYTES
+        for t in todo:
+            if budget <= 0:
+                self._busy.add(t.path)
+                continue
+            got = self._look(t, now, min(TURN_BYTES, budget))
+            if got is not None:
+                reads.append((t, got))
+                budget -= got.n_bytes
+        self._commit(reads)
+        self._let_go(now)
+        return bool(self._busy)
+
+    def _todo(self, now: float, changed: set[str]) -> list[Tailer]:
+        """The files to look at now, each once: named by an event, busy from the last step,
+        due in the stat pass, or holding a partial line; then the rotated ones."""
+        paths = dict.fromkeys(p for p in changed if p in self.active)
+        paths.update(dict.fromkeys(self._busy))
+        self._busy = set()
+        paths.update(dict.fromkeys(self._stat_slice(now)))
+        paths.update(dict.fromkeys(self._partial))
+        todo = [self.active[p] for p in paths if p in self.active]
+        return todo + list(self.draining)
+
+    def _stat_slice(self, now: float) -> list[str]:
+        """The next files of the round-robin stat pass, so each is looked at every period."""
+        if not self._ring:
+            self._ring.extend(self.active)
+        inotify = self.watcher is not None and self.watcher.complete
+        period = max(STAT_PERIOD, self.poll_interval)
+        if not inotify or period <= 0:
+            n = len(self._ring)  # no events to rely on: every file at every step
+        else:
+            n = math.ceil(len(self.active) * max(0.0, now - self._last_step) / period)
+        return [self._ring.popleft() for _ in range(min(n, len(self._ring)))]
+
+    def _look(self, t: Tailer, now: float, turn: int) -> Read | None:
+        """Rotation, truncation, new data or a partial line that came due: what to commit."""
+        if t in self.draining:
+            read = self._read(t, now, turn)
+            if (
+                read is None
+                and now - t.last_data_at >= self.rotate_grace
+                and (now - (t.draining_since or now) >= self.rotate_grace)
             ):
                 self._release(t)
-        return busy
+            return read
+        if not self.files.still_there(t, now):
+            return None  # rotated or deleted: now draining, or gone (see files.py)
+        if not t.is_open:
+            if not self.files.changed_since_closed(t) and not t.holding:
+                return None
+            if not self._reopen(t):
+                return None
+        self.files.check_truncated(t, self._commit_one)
+        read = self._read(t, now, turn)
+        if read is not None:
+            return read
+        if t.due(now, self.partial_line_timeout):
+            read = t.flush_due(now, self.clock.wall(), self.partial_line_timeout)
+            if not t.holding:
+                self._partial.discard(t.path)
+            return read
+        return None
+
+    def _read(self, t: Tailer, now: float, turn: int) -> Read | None:
+        try:
+            read = t.read(self.clock.wall(), now, turn)
+        except OSError as exc:
+            self.files.report(t.path, f"read failed: {exc.strerror}")
+            return None
+        self.open.used(t)
+        if t.holding:
+            self._partial.add(t.path)
+        else:
+            self._partial.discard(t.path)
+        if read.n_bytes == 0:
+            return None
+        if read.n_bytes >= turn:
+            self._busy.add(t.path)  # more to read: its next turn comes next step
+        return read
+
+    def _reopen(self, t: Tailer) -> bool:
+        """A descriptor for a closed file that changed, within the budget."""
+        if not self.open.admit(keep=t):
+            self._busy.add(t.path)  # every descriptor is finishing a rotated file: wait
+            return False
+        try:
+            fd = os.open(t.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            if exc.errno in EXHAUSTED:
+                self._exhausted(t)
+                return False
+            return False  # gone meanwhile: the next look sees it
+        if not t.reopen(fd):
+            self.files.rotated_while_closed(t)
+            return False
+        self.open.opened(t)
+        return True
+
+    def _exhausted(self, t: Tailer) -> None:
+        """The system refused a descriptor: fewer files open, never a blind agent."""
+        if not self._fd_exhausted:
+            log.error("too_many_open_files", open=len(self.open), note="closing quiet files")
+            self._fd_exhausted = True
+        self.open.shrink(len(self.open) - 8)
+        self._busy.add(t.path)
+
+    # -- committing -----------------------------------------------------------------------
+
+    def _commit(self, reads: list[tuple[Tailer, Read]]) -> None:
+        """Everything the step read, in one transaction; under policy ``block`` when it does
+        not fit, file by file and chunk by chunk, as acks make room."""
+        if not reads:
+            return
+        total = sum(r.line_bytes for _, r in reads)
+        if len(reads) > 1 and self.store.fits(total):
+            batch = [(r.chunks, r.checkpoint) for _, r in reads]
+            filtered = sum(r.filtered for _, r in reads)
+            if not self.committer.commit(partial(self.store.commit_many, batch, filtered=filtered)):
+                raise _Stopping
+            for t, r in reads:
+                t.mark_committed(r)
+                self._count(r)
+            return
+        for t, r in reads:
+            self._commit_one(t, r)
+
+    def _commit_one(self, t: Tailer, read: Read) -> None:
+        parts = [read] if self.store.fits(read.line_bytes) else read.split()
+        for part in parts:
+            write = partial(self.store.commit, part.chunks, part.checkpoint, filtered=part.filtered)
+            if not self.committer.commit(write):
+                raise _Stopping
+            t.mark_committed(part)
+            self._count(part)
+
+    def _count(self, read: Read) -> None:
+        for chunk in read.chunks:
+            self.counts.add("committed", len(chunk.lines), chunk.source)
+
+    # -- letting go -----------------------------------------------------------------------
+
+    def _closable(self, t: Tailer) -> bool:
+        """A rotated file is never closed before it is finished; others may be (they are
+        found again by path)."""
+        return t not in self.draining and not t.holding
+
+    def _let_go(self, now: float) -> None:
+        """Quiet files give their descriptor back."""
+        for t in self.open:
+            if now - t.last_data_at >= self.close_inactive and self._closable(t):
+                t.close()
+                self.open.closed(t)
+
+    def _release(self, t: Tailer) -> None:
+        self._commit_one(t, t.flush(self.clock.wall()))
+        self.files.release(t)
+
+    def _rescan(self, now: float, *, at_startup: bool) -> None:
+        if self.watcher is not None:
+            self.watcher.refresh(self.files.watch_dirs())
+        self.files.discover(at_startup=at_startup)
+        for t in self.active.values():  # every source has its count, 0 before its first line
+            self.counts.add("committed", 0, t.source)
+        inotify = self.watcher is not None and self.watcher.complete
+        self._next_rescan = now + (max(RESCAN_PERIOD, self.poll_interval) if inotify
+                                   else self.poll_interval)  # fmt: skip
 
     def _idle_timeout(self) -> float:
-        timeout = self.poll_interval
         now = self.clock.monotonic()
-        for t in self.active.values():
-            if t.splitter.pending_bytes:
-                timeout = min(timeout, t.last_data_at + self.partial_line_timeout - now)
+        timeout = min(self.poll_interval, 1.0, max(0.0, self._next_rescan - now))
+        for path in self._partial:
+            t = self.active.get(path)
+            if t is not None and t.holding:
+                wait = t.assembler.spec.max_wait if t.assembler and t.assembler.holding else 1e9
+                if t.splitter.pending_bytes:
+                    wait = min(wait, self.partial_line_timeout)
+                timeout = min(timeout, t.last_data_at + wait - now)
         if self.draining:
             timeout = min(timeout, self.rotate_grace)
         return max(0.01, timeout)
-
-    def _pump(self, t: Tailer) -> bool:
-        """Read and commit until end of file (or STEP_BYTES); True when bytes were read."""
-        total = 0
-        wall = self.clock.wall()
-        while total < STEP_BYTES:
-            try:
-                read = t.read(wall, self.clock.monotonic())
-            except OSError as exc:
-                self._report(t.path, f"read failed: {exc.strerror}")
-                return False
-            if read.n_bytes == 0:
-                break
-            self._commit(t, read)
-            total += read.n_bytes
-        return total > 0
-
-    def _commit(self, t: Tailer, read: Read) -> None:
-        """The durable boundary; waits here (not reading on) while the buffer cannot take it."""
-        if not self.committer.commit(lambda: self.store.commit(read.chunks, read.checkpoint)):
-            raise _Stopping
-        t.mark_committed(read)
-
-    # -- rotation, truncation, timeouts ---------------------------------------------------
-
-    def _check_file(self, t: Tailer, now: float) -> None:
-        """At end of file: has the path been rotated, deleted or truncated?"""
-        try:
-            st = os.stat(t.path)
-        except FileNotFoundError:
-            self._retire(t, now, "deleted_or_renamed")
-            return
-        except OSError:
-            return
-        fst = os.fstat(t.fd)
-        if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino):
-            self._retire(t, now, "rotated")
-            self._open(t.path, t.source, at_startup=False)
-            return
-        self._check_truncated(t)
-
-    def _check_truncated(self, t: Tailer) -> None:
-        """Copytruncate: read the file again from 0, as a new content generation."""
-        try:
-            truncated = t.was_truncated()
-        except OSError:
-            return
-        if truncated:
-            old_key = t.key
-            self._commit(t, t.flush(self.clock.wall()))
-            t.restart_generation()
-            if old_key is not None:
-                self.store.forget_checkpoint(old_key)
-            log.info("file_truncated", path=t.path, generation=t.generation)
-
-    def _check_partial(self, t: Tailer, now: float) -> None:
-        if t.splitter.pending_bytes and now - t.last_data_at >= self.partial_line_timeout:
-            self._commit(t, t.flush(self.clock.wall()))
-
-    def _retire(self, t: Tailer, now: float, why: str) -> None:
-        """The path no longer names this file: read it to its end, then let it go."""
-        self.active.pop(t.path, None)
-        t.draining_since = now
-        self.draining.append(t)
-        log.info("file_rotated", path=t.path, reason=why)
-
-    def _release(self, t: Tailer) -> None:
-        self._commit(t, t.flush(self.clock.wall()))
-        if t.key is not None:
-            self.store.forget_checkpoint(t.key)
-        t.close()
-        self.draining.remove(t)
-        log.info("file_released", path=t.path, position=t.committed)
-
-    # -- finding and opening files --------------------------------------------------------
-
-    def _discover(self, now: float, *, at_startup: bool) -> None:
-        if self.watcher is not None:
-            self.watcher.refresh(watch_dirs(self.sources))
-        found = discover(self.sources)
-        for src in self.sources:
-            if src.pattern in found:
-                continue
-            if has_magic(src.pattern):
-                if not any(name == (src.name or path) and fnmatch(path, src.pattern)
-                           for path, name in found.items()):  # fmt: skip
-                    self._report(src.pattern, "no file matches yet: waiting", level="info")
-            elif os.path.exists(src.pattern):
-                self._report(src.pattern, "not a regular file (a directory?): not read")
-            else:
-                self._report(src.pattern, "missing: waiting for it to appear", level="info")
-        for path, name in found.items():
-            if path not in self.active:
-                self._open(path, name, at_startup=at_startup)
-
-    def _open(self, path: str, source: str, *, at_startup: bool) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            return  # gone between discovery and open: the next pass sees it
-        except OSError as exc:
-            self._report(path, f"unreadable: {exc.strerror}")
-            return
-        st = os.fstat(fd)
-        for t in self.active.values():
-            tst = os.fstat(t.fd)
-            if (tst.st_dev, tst.st_ino) == (st.st_dev, st.st_ino):
-                # Already read under another name (renamed, or a hard link): never twice.
-                os.close(fd)
-                return
-        for t in self.draining:
-            tst = os.fstat(t.fd)
-            if (tst.st_dev, tst.st_ino) == (st.st_dev, st.st_ino):
-                # A rotated file that the globs still match: keep reading it where it is.
-                os.close(fd)
-                self.draining.remove(t)
-                t.path, t.draining_since = path, None
-                self.active[path] = t
-                return
-        self._problems.pop(path, None)
-        offset, generation, file_id = 0, 0, None
-        epoch = secrets.token_hex(4)  # a file never seen before: fresh uids, even on a reused inode
-        saved = self._saved_position(path, fd)
-        if saved is not None:
-            offset, generation, file_id = saved.offset, saved.generation, saved.file_id
-            epoch = saved.epoch
-            if st.st_size < offset:  # truncated while we were away
-                self.store.forget_checkpoint(saved.key)
-                offset, generation, file_id = 0, generation + 1, None
-        elif at_startup and self.first_start and self.start_position == "end" and st.st_size:
-            offset, file_id = st.st_size, identify(fd)
-        t = Tailer(
-            path,
-            source,
-            fd,
-            offset=offset,
-            file_id=file_id,
-            generation=generation,
-            epoch=epoch,
-            max_line_bytes=self.max_line_bytes,
-            batch_size=self.batch_size,
-            now=self.clock.monotonic(),
-        )
-        if file_id is not None and saved is None:
-            self.store.save_checkpoint(Checkpoint(file_id, generation, offset, path, source, epoch))
-        self.active[path] = t
-        log.info("file_opened", path=path, source=source, position=offset)
-
-    def _saved_position(self, path: str, fd: int) -> Checkpoint | None:
-        """The saved checkpoint of this very file (same inode and first line), if any."""
-        st = os.fstat(fd)
-        for cp in self.store.checkpoints():
-            if (cp.file_id.dev, cp.file_id.ino) == (st.st_dev, st.st_ino) and matches(
-                fd, cp.file_id
-            ):
-                return cp
-        return None
-
-    def _adopt_orphan(self, cp: Checkpoint) -> None:
-        """A saved file no path names any more (rotated while we were down): finish it."""
-        folder = os.path.dirname(cp.path) or "."
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            names = []
-        for name in names:
-            candidate = os.path.join(folder, name)
-            try:
-                st = os.stat(candidate)
-                if (st.st_dev, st.st_ino) != (cp.file_id.dev, cp.file_id.ino):
-                    continue
-                fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError:
-                continue
-            if not matches(fd, cp.file_id) or os.fstat(fd).st_size < cp.offset:
-                os.close(fd)
-                continue
-            t = Tailer(
-                candidate,
-                cp.source,
-                fd,
-                offset=cp.offset,
-                file_id=cp.file_id,
-                generation=cp.generation,
-                epoch=cp.epoch,
-                max_line_bytes=self.max_line_bytes,
-                batch_size=self.batch_size,
-                now=self.clock.monotonic(),
-            )
-            t.draining_since = self.clock.monotonic()
-            self.draining.append(t)
-            log.info("file_resumed_rotated", path=candidate, was=cp.path, position=cp.offset)
-            return
-        self.store.forget_checkpoint(cp.key)
-        log.warning("file_lost_while_stopped", path=cp.path, position=cp.offset)
-
-    def _report(self, path: str, problem: str, level: str = "error") -> None:
-        """Say each problem with a path once; the others go on."""
-        if self._problems.get(path) == problem:
-            return
-        self._problems[path] = problem
-        getattr(log, level)("source_problem", path=path, problem=problem)

@@ -257,6 +257,26 @@ class TestRotation:
         shutdown(c)
 
 
+class TestSplitRead:
+    def test_a_read_splits_into_chunks_each_with_the_position_after_it(
+        self, tmp_path: Path
+    ) -> None:
+        """A read too large for the free budget is committed chunk by chunk: each part carries
+        the file position just after its own last line, the last one the read's position."""
+        log = tmp_path / "a.log"
+        log.write_text("".join(f"line {i:03d}\n" for i in range(120)))  # 9 bytes a line
+        c = make(tmp_path, [str(log)], first_start=True, start="beginning")
+        c.start_up()
+        t = c.active[str(log)]
+        read = t.read(0.0, 0.0)
+        parts = read.split()
+        assert [len(p.chunks[0].lines) for p in parts] == [50, 50, 20]
+        assert [p.checkpoint.offset for p in parts if p.checkpoint] == [450, 900, 1080]
+        assert read.checkpoint is not None and read.checkpoint.offset == 1080
+        assert sum(p.line_bytes for p in parts) == read.line_bytes == 1080
+        shutdown(c)
+
+
 class TestWriteFailures:
     def test_a_failing_disk_loses_no_line(self, tmp_path: Path) -> None:
         """Commits that fail (disk full) are retried with the same lines: none skipped."""
@@ -270,11 +290,11 @@ class TestWriteFailures:
         real_commit = c.store.commit
         failures = [2]
 
-        def flaky(chunks, checkpoint):  # type: ignore[no-untyped-def]
+        def flaky(chunks, checkpoint, **kw):  # type: ignore[no-untyped-def]
             if failures[0]:
                 failures[0] -= 1
                 raise BufferWriteError("database or disk is full")
-            return real_commit(chunks, checkpoint)
+            return real_commit(chunks, checkpoint, **kw)
 
         c.store.commit = flaky  # type: ignore[method-assign]
         with capture_logs() as logs:

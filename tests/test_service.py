@@ -59,6 +59,8 @@ class TestSystemdUnit:
         assert set(svc["ReadWritePaths"].split()) == {"/var/lib/ila-agent", "/var/log/ila-agent"}
         assert float(svc["TimeoutStopSec"]) >= 15  # the agent's own shutdown takes ≤ 10 s
         assert "run --config /etc/ila-agent/config.json" in svc["ExecStart"]
+        assert svc["ExecReload"] == "/bin/kill -HUP $MAINPID"  # systemctl reload: SIGHUP
+        assert int(svc["LimitNOFILE"]) >= 65536  # thousands of log files
 
     def test_systemd_analyze_verify(self, tmp_path: Path) -> None:
         """systemd-analyze verify passes (the binary path pointed at an installed ila-agent)."""

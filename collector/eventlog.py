@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import structlog
 
 from collector.committing import Committer
+from collector.processing import FILTER_KEYS, Filters, Processing
 from collector.spec import ReaderContext
 from ila_core.clock import rfc3339_ms
 from ila_core.settings import SettingsReader
@@ -41,10 +42,11 @@ class EventLogSource:
     type_name: ClassVar[str] = "windows_eventlog"
     channel: str
     query: str | None = None
+    filters: Filters = field(default_factory=Filters)
 
     @classmethod
     def from_json(cls, r: SettingsReader) -> EventLogSource:
-        r.warn_unknown({"type", "channel", "query"})
+        r.warn_unknown({"type", "channel", "query", *FILTER_KEYS})
         channel = r.text("channel")
         query = r.raw.get("query")
         if query is not None and not isinstance(query, str):
@@ -60,7 +62,8 @@ class EventLogSource:
         return self.name
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type_name, "channel": self.channel, "query": self.query}
+        out = {"type": self.type_name, "channel": self.channel, "query": self.query}
+        return {**out, **self.filters.to_json()} if self.filters else out
 
     def runs_on(self, platform: str) -> bool:
         return platform.startswith("win")
@@ -154,7 +157,14 @@ class EventLogReader:
         self.poll_interval = ctx.poll_interval
         self.key = f"eventlog:{spec.channel}"
         self.name = f"eventlog-{spec.channel}"
-        self.committer = Committer(ctx.store, ctx.clock, spec.name)
+        self.committer = Committer(
+            ctx.store,
+            ctx.clock,
+            spec.name,
+            ctx.health,
+            Processing(spec.filters, ctx.redactor),
+            ctx.counts,
+        )
         self._problem: str | None = None
         self._publishers: dict[str, Any] = {}
 
@@ -263,14 +273,8 @@ class EventLogReader:
 
     def _commit(self, entries: list[dict[str, Any]], pos: Position) -> None:
         # Not committed only when stopping: those events are read again after the restart.
-        self.committer.commit(
-            lambda: self.store.commit_records(
-                entries,
-                key=self.key,
-                source=self.spec.name,
-                cursor=pos.dumps(),
-                per_item=self.batch_size,
-            )
+        self.committer.commit_records(
+            entries, key=self.key, cursor=pos.dumps(), per_item=self.batch_size
         )
 
     def _describe(self, exc: Exception) -> str:

@@ -12,12 +12,13 @@ import selectors
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import structlog
 
 from collector.committing import Committer
+from collector.processing import FILTER_KEYS, Filters, Processing
 from collector.spec import ReaderContext
 from ila_core.clock import rfc3339_ms
 from ila_core.settings import SettingsReader
@@ -35,10 +36,11 @@ class JournaldSource:
     type_name: ClassVar[str] = "journald"
     matches: tuple[str, ...] = ()
     directory: str | None = None
+    filters: Filters = field(default_factory=Filters)
 
     @classmethod
     def from_json(cls, r: SettingsReader) -> JournaldSource:
-        r.warn_unknown({"type", "matches", "directory"})
+        r.warn_unknown({"type", "matches", "directory", *FILTER_KEYS})
         matches = r.raw.get("matches", [])
         if not isinstance(matches, list) or not all(
             isinstance(m, str) and "=" in m for m in matches
@@ -55,7 +57,10 @@ class JournaldSource:
         return "journald" + (f":{self.directory}" if self.directory else "")
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type_name, "matches": list(self.matches), "directory": self.directory}
+        out: dict[str, Any] = {
+            "type": self.type_name, "matches": list(self.matches), "directory": self.directory,
+        }  # fmt: skip
+        return {**out, **self.filters.to_json()} if self.filters else out
 
     def runs_on(self, platform: str) -> bool:
         return not platform.startswith("win")
@@ -100,13 +105,13 @@ def to_entry(rec: dict[str, Any], read_at: float) -> dict[str, Any]:
     realtime = rec.get("__REALTIME_TIMESTAMP")
     if isinstance(realtime, str) and realtime.isdigit():
         entry["event_time"] = rfc3339_ms(int(realtime) / 1e6)
-    for field, name in (
+    for journal_field, name in (
         ("PRIORITY", "priority"),
         ("_PID", "pid"),
         ("SYSLOG_IDENTIFIER", "syslog_identifier"),
         ("_SYSTEMD_UNIT", "unit"),
     ):
-        value = rec.get(field)
+        value = rec.get(journal_field)
         if isinstance(value, str):
             entry[name] = value
     return entry
@@ -126,7 +131,14 @@ class JournalReader:
         self.clock = ctx.clock
         self.journalctl = journalctl
         self.key = source_key(spec)
-        self.committer = Committer(ctx.store, ctx.clock, spec.label())
+        self.committer = Committer(
+            ctx.store,
+            ctx.clock,
+            spec.label(),
+            ctx.health,
+            Processing(spec.filters, ctx.redactor),
+            ctx.counts,
+        )
         self.name = spec.label()
         self.proc: subprocess.Popen[bytes] | None = None
         self._problem: str | None = None
@@ -247,10 +259,8 @@ class JournalReader:
 
     def _commit(self, entries: list[dict[str, Any]], cursor: str) -> None:
         # Not committed only when stopping: those entries are read again after the restart.
-        self.committer.commit(
-            lambda: self.store.commit_records(
-                entries, key=self.key, source=self.name, cursor=cursor, per_item=self.batch_size
-            )
+        self.committer.commit_records(
+            entries, key=self.key, cursor=cursor, per_item=self.batch_size
         )
 
     def _report(self, problem: str) -> None:

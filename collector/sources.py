@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from collector.discovery import FileSource
 from collector.eventlog import EventLogSource
 from collector.journald import JournaldSource
+from collector.processing import Filters
+from collector.syslog_source import SyslogSource
 from ila_core.settings import SettingsReader, kind, resolve
 
-Source = FileSource | EventLogSource | JournaldSource
+Source = FileSource | EventLogSource | JournaldSource | SyslogSource
 
 # ``"type"`` in a log_sources item → its spec. A new source type is one more line here.
 SOURCE_TYPES: dict[str, type[Source]] = {
-    cls.type_name: cls for cls in (FileSource, EventLogSource, JournaldSource)
+    cls.type_name: cls for cls in (FileSource, EventLogSource, JournaldSource, SyslogSource)
 }
 
 DEFAULT_LINUX_SOURCES = ("/var/log/syslog", "/var/log/auth.log", "/var/log/secure")
@@ -34,7 +37,13 @@ def parse_source(r: SettingsReader, key: str, item: Any) -> Source:
     if spec is None:
         known = ", ".join(SOURCE_TYPES)
         raise r.error(f"{key}.type", f"unknown source type {json.dumps(type_name)} ({known})")
-    return spec.from_json(r.nested(key, item))
+    parsed = spec.from_json(r.nested(key, item))
+    filters = Filters.from_json(r, key, item)  # include/exclude: on any source
+    if not filters:
+        return parsed
+    if "filters" not in {f.name for f in dataclasses.fields(parsed)}:
+        raise r.error(f"{key}.include", f"is not supported by {parsed.type_name} sources yet")
+    return dataclasses.replace(parsed, filters=filters)
 
 
 def parse_sources(r: SettingsReader, platform: str) -> tuple[tuple[Source, ...], tuple[str, ...]]:

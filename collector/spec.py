@@ -8,10 +8,13 @@ kind read together: every file of every file source shares one ``Collector`` thr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from collector.processing import Redactor
 from ila_core.clock import Clock
+from ila_core.counters import Counts
+from ila_core.health import HealthBoard
 from ila_core.settings import SettingsReader
 from queue_store.store import QueueStore
 
@@ -49,6 +52,9 @@ class ReaderContext:
     first_start: bool  # no saved cursor means "first seen": start_position applies
     clock: Clock
     poll_interval: float
+    health: HealthBoard = field(default_factory=HealthBoard)
+    redactor: Redactor = field(default_factory=Redactor)  # the config's ``redact``, for all
+    counts: Counts = field(default_factory=Counts)  # entries committed, by source
 
 
 class RecordReader(Protocol):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ila_agent.config import AgentConfig
+from ila_agent.state_file import read_state
 from ila_agent.wiring import open_store
 from ila_core.errors import AgentError, ConfigError, UsageError
 from queue_store.schema import STATES
@@ -64,7 +65,7 @@ def status_report(cfg: AgentConfig, now: float | None = None) -> dict[str, Any]:
     if stats is None:
         report.update(
             pending=0, pending_bytes=0, oldest_pending_age_s=None, dead_letter=0, dropped=0,
-            exported=0, last_send_ok_at=None, last_error=None, quarantined=None,
+            filtered=0, exported=0, last_send_ok_at=None, last_error=None, quarantined=None,
         )  # fmt: skip
     else:
         report.update(
@@ -73,6 +74,7 @@ def status_report(cfg: AgentConfig, now: float | None = None) -> dict[str, Any]:
             oldest_pending_age_s=stats.oldest_pending_age_s,
             dead_letter=stats.dead_letter,
             dropped=stats.dropped,
+            filtered=stats.filtered,
             exported=stats.exported,
             acked_kept=stats.acked_kept,
             last_send_ok_at=stats.last_send_ok_at,
@@ -91,6 +93,10 @@ def status_report(cfg: AgentConfig, now: float | None = None) -> dict[str, Any]:
              "lag_bytes": lag}
         )  # fmt: skip
     report["sources"] = sources
+    agent = read_state(cfg.buffer_db)
+    report["agent"] = agent
+    # What is wrong now, said by the running agent (a full disk, a thread that died).
+    report["problems"] = list(agent.get("problems") or []) if agent and agent["running"] else []
     return report
 
 
@@ -104,12 +110,26 @@ def format_status(report: dict[str, Any]) -> str:
         f"oldest pending:  {'-' if age is None else f'{age:.1f} s'}",
         f"dead letters:    {report['dead_letter']}",
         f"dropped:         {report['dropped']}",
+        f"filtered:        {report['filtered']}",
         f"exported:        {report['exported']} (kept until acked history expires)",
         f"last send ok:    {report['last_send_ok_at'] or '-'}",
         f"last error:      {report['last_error'] or '-'}",
     ]
     if report.get("quarantined"):
         lines.append(f"QUARANTINED:     {report['quarantined']}")
+    agent = report.get("agent")
+    if agent and agent.get("running"):
+        flight = ""
+        if "in_flight" in agent:
+            flight = (
+                f", {agent['in_flight']} batches in flight (limit {agent['concurrency_limit']}"
+                f" of {agent['max_in_flight']})"
+            )
+        lines.append(f"agent:           running, pid {agent.get('pid')}{flight}")
+    else:
+        lines.append("agent:           not running")
+    for problem in report.get("problems", []):
+        lines.append(f"PROBLEM:         {problem}")
     if not report.get("buffer_exists", True):
         lines.append("note:            no buffer yet: the agent has not run with this config")
     lines.append("")

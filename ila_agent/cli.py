@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from ila_agent.config import API_KEY_ENV, DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from ila_agent.version import __version__
-from ila_core.errors import AgentError, BufferLocked, ConfigError, UsageError
+from ila_core.errors import AgentError, BufferLocked, BufferWriteError, ConfigError, UsageError
+from ila_core.health import describe_write_failure
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,6 +39,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be from 0.1 to 3600 seconds, got {value:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ila-agent",
@@ -58,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("check-config", "validate and print the effective configuration (key redacted)")
     st = cmd("status", "buffer depth, positions, last send; works while the agent runs")
     st.add_argument("--json", action="store_true", help="one JSON object")
+    st.add_argument(
+        "--watch", nargs="?", const=2.0, type=_seconds, default=None, metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C; in place on a terminal",
+    )  # fmt: skip
     ins = cmd("inspect", "print buffered entries as JSON lines")
     ins.add_argument(
         "--state", choices=("pending", "dead", "acked", "exported", "all"), default="pending"
@@ -123,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ila-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except BufferWriteError as exc:
+        print(f"ila-agent: {describe_write_failure(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     except (BufferLocked, AgentError) as exc:
         print(f"ila-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -171,6 +189,11 @@ def _check_config(cfg: AgentConfig, _args: argparse.Namespace) -> int:
 def _status(cfg: AgentConfig, args: argparse.Namespace) -> int:
     from ila_agent.buffer_tools import format_status, status_report
 
+    if args.watch is not None:
+        from ila_agent.watch import watch
+
+        return watch(cfg, interval=args.watch, out=sys.stdout)
+
     report = status_report(cfg)
     print(json.dumps(report) if args.json else format_status(report))
     return EXIT_OK
@@ -190,7 +213,10 @@ def _inspect(cfg: AgentConfig, args: argparse.Namespace) -> int:
 
 
 def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    from forwarder.http_sink import HttpSink
     from forwarder.replay import replay
+    from forwarder.sink import Sink
+    from forwarder.transport import Transport
     from ila_agent.buffer_tools import open_tool_store, parse_since
     from ila_agent.config import parse_server_url
     from ila_agent.progress import Progress
@@ -202,10 +228,13 @@ def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
     server_url = cfg.server_url
     if args.server_url:
         server_url = parse_server_url(args.server_url, origin="--server-url")
-    if server_url is None:
-        raise UsageError("replay needs a server: set server_url or pass --server-url")
-    if cfg.api_key is None:
-        raise ConfigError(cfg.config_path, "api_key", "missing: replay needs the API key")
+    # The agent's own output (a broker), unless --server-url asks for the HTTP API.
+    use_output = cfg.output is not None and not args.server_url
+    if not use_output:
+        if server_url is None:
+            raise UsageError("replay needs a server: set server_url or pass --server-url")
+        if cfg.api_key is None:
+            raise ConfigError(cfg.config_path, "api_key", "missing: replay needs the API key")
     if args.acked and not args.since:
         raise UsageError("--acked needs --since (how far back to re-send acked history)")
     since = parse_since(args.since) if args.since else None
@@ -218,11 +247,25 @@ def _replay(cfg: AgentConfig, args: argparse.Namespace) -> int:
         total = store.count(selection)
         info = agent_info(cfg, resolve_agent_id(cfg))
         progress = Progress("replaying", total)
-        result = replay(
-            store, transport_for(cfg, server_url), info, selection=selection,
-            batch_size=cfg.batch_size, retry_cap=min(cfg.retry_interval, 5.0), clock=Clock(),
-            total=total, max_failures=max(1, args.max_failures), progress=progress,
-        )  # fmt: skip
+        sink: Sink
+        transport: Transport | None
+        if use_output:
+            assert cfg.output is not None
+            sink = cfg.output.make_sink(agent_id=info.agent_id, hostname=info.hostname)
+            transport = None
+        else:
+            transport = transport_for(cfg, server_url, pool_size=cfg.max_in_flight)
+            sink = HttpSink(transport, info, max_body_bytes=cfg.batch_max_bytes)
+        try:
+            result = replay(
+                store, sink, transport, info,
+                selection=selection,
+                batch_size=cfg.batch_size, retry_cap=min(cfg.retry_interval, 5.0), clock=Clock(),
+                total=total, max_failures=max(1, args.max_failures), progress=progress,
+                max_in_flight=cfg.max_in_flight, batch_max_bytes=cfg.batch_max_bytes,
+            )  # fmt: skip
+        finally:
+            sink.close()
         progress.done()
     finally:
         store.close()

@@ -15,7 +15,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from collector.discovery import FileSource
+from collector.processing import Redactor
 from collector.sources import Source, parse_sources
+from forwarder.outputs import OutputSpec, parse_output
+from ila_agent.metrics import EXTRA_HINT, split_listen
 from ila_core.errors import ConfigError
 from ila_core.settings import SettingsReader, kind
 
@@ -36,6 +39,10 @@ DEFAULT_PARTIAL_LINE_TIMEOUT = 5.0
 DEFAULT_BUFFER_MAX_BYTES = 1_073_741_824
 DEFAULT_BUFFER_FULL_POLICY = "drop_oldest"
 DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_CLOSE_INACTIVE = 60.0
+DEFAULT_MAX_IN_FLIGHT = 8
+DEFAULT_BATCH_MAX_BYTES = 1_048_576
+MAX_IN_FLIGHT_CAP = 64
 DEFAULT_ROTATE_GRACE = 30.0
 DEFAULT_ACKED_RETENTION_HOURS = 24.0
 START_POSITIONS = ("end", "beginning")
@@ -69,6 +76,10 @@ class AgentConfig:
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
     buffer_full_policy: str = DEFAULT_BUFFER_FULL_POLICY
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    max_open_files: int | None = None
+    close_inactive: float = DEFAULT_CLOSE_INACTIVE
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
     rotate_grace: float = DEFAULT_ROTATE_GRACE
     acked_retention_hours: float = DEFAULT_ACKED_RETENTION_HOURS
     compression: str | None = None
@@ -77,11 +88,14 @@ class AgentConfig:
     tls_client_key: str | None = None
     bundle_hmac_key_file: str | None = None
     log_level: str = "info"
+    output: OutputSpec | None = None
+    redact: Redactor = field(default_factory=Redactor)
+    metrics_listen: str | None = None
     unknown_keys: tuple[str, ...] = ()
 
     @property
     def collect_only(self) -> bool:
-        return self.server_url is None
+        return self.server_url is None and self.output is None
 
     @property
     def file_sources(self) -> tuple[FileSource, ...]:
@@ -98,9 +112,19 @@ class AgentConfig:
                 value = None if value is None else "***redacted***"
             elif f.name == "sources":
                 value = [s.to_json() for s in value]
+            elif f.name == "output":
+                value = None if value is None else value.to_json()
+            elif f.name == "redact":
+                value = value.to_json()
             out[f.name] = value
         out["api_key_from"] = self.api_key_origin
-        out["mode"] = "collect-only (no server_url)" if self.collect_only else "forwarding"
+        out["mode"] = (
+            "collect-only (no server_url)"
+            if self.collect_only
+            else f"forwarding to {self.output.label()}"
+            if self.output is not None
+            else "forwarding"
+        )
         return out
 
 
@@ -111,6 +135,8 @@ KNOWN_KEYS = frozenset(
         "start_position", "buffer_db", "agent_log_file", "retry_interval",
         "connect_timeout", "request_timeout", "max_retries", "max_line_bytes",
         "partial_line_timeout", "buffer_max_bytes", "buffer_full_policy", "poll_interval",
+        "max_in_flight", "batch_max_bytes", "output", "max_open_files", "close_inactive",
+        "redact", "metrics_listen",
         "rotate_grace",
         "acked_retention_hours", "compression", "tls_ca_file", "tls_client_cert",
         "tls_client_key", "log_level", "bundle_hmac_key_file",
@@ -195,6 +221,14 @@ def parse_config(
             "buffer_full_policy", DEFAULT_BUFFER_FULL_POLICY, FULL_POLICIES
         ),
         poll_interval=r.number("poll_interval", DEFAULT_POLL_INTERVAL),
+        max_open_files=None
+        if raw.get("max_open_files") is None
+        else r.integer("max_open_files", 0, minimum=1),
+        close_inactive=r.number("close_inactive", DEFAULT_CLOSE_INACTIVE),
+        max_in_flight=r.integer(
+            "max_in_flight", DEFAULT_MAX_IN_FLIGHT, minimum=1, maximum=MAX_IN_FLIGHT_CAP
+        ),
+        batch_max_bytes=r.integer("batch_max_bytes", DEFAULT_BATCH_MAX_BYTES, minimum=1024),
         rotate_grace=r.number("rotate_grace", DEFAULT_ROTATE_GRACE),
         acked_retention_hours=r.number(
             "acked_retention_hours", DEFAULT_ACKED_RETENTION_HOURS, minimum=-1e-9
@@ -202,6 +236,9 @@ def parse_config(
         compression=r.choice("compression", None, COMPRESSIONS),
         bundle_hmac_key_file=r.path("bundle_hmac_key_file", None),
         log_level=log_level,
+        output=parse_output(r),
+        redact=Redactor.from_json(r),
+        metrics_listen=_metrics_listen(r),
         unknown_keys=tuple(sorted(set(raw) - KNOWN_KEYS)) + tuple(r.unknown),
         **tls,
     )
@@ -213,6 +250,24 @@ def _service_default(r: SettingsReader, key: str, env: str, default: str) -> str
     if r.raw.get(key) is None and os.environ.get(env):
         return os.path.join(os.environ[env].split(":")[0], default)
     return r.path(key, default) or default
+
+
+def _metrics_listen(r: SettingsReader) -> str | None:
+    """``HOST:PORT`` for /metrics and /healthz; the client library must be installed."""
+    listen = r.string("metrics_listen", None)
+    if listen is None:
+        return None
+    try:
+        split_listen(listen)
+    except ValueError as exc:
+        raise r.error("metrics_listen", str(exc)) from None
+    try:
+        import prometheus_client  # noqa: F401 - only whether it is there
+    except ImportError:
+        raise r.error(
+            "metrics_listen", f"needs prometheus-client, which is not installed: {EXTRA_HINT}"
+        ) from None
+    return listen
 
 
 def _server_url(r: SettingsReader) -> str | None:

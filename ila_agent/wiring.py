@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from forwarder.registrar import AgentInfo
-from forwarder.transport import Transport, TransportSettings
+from forwarder.transport import DEFAULT_POOL_SIZE, Transport, TransportSettings
 from ila_agent.config import AgentConfig
 from ila_agent.version import USER_AGENT, __version__
 from ila_core.clock import Clock
@@ -53,7 +53,9 @@ def open_store(cfg: AgentConfig, *, lock: bool = True, clock: Clock | None = Non
     )
 
 
-def transport_for(cfg: AgentConfig, server_url: str | None = None) -> Transport:
+def transport_for(
+    cfg: AgentConfig, server_url: str | None = None, *, pool_size: int = DEFAULT_POOL_SIZE
+) -> Transport:
     assert cfg.api_key is not None
     return Transport(
         TransportSettings(
@@ -66,7 +68,8 @@ def transport_for(cfg: AgentConfig, server_url: str | None = None) -> Transport:
             tls_client_key=cfg.tls_client_key,
             compression=cfg.compression,
             user_agent=USER_AGENT,
-        )
+        ),
+        pool_size=pool_size,
     )
 
 

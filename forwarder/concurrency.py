@@ -41,9 +41,12 @@ What this controller does differently, and why (each point has a test):
   window below 1 only when at least ``pace_share`` (half) of the last 20 answers were busy: a
   server that answers 20 % of requests 503 at a flat RTT gets its batches retried, not an
   agent that idles between requests.
-- **An outage is one event per retry interval.** Refused/reset connections cut at most once
-  per ``max_gap_s``: a 10 s outage costs one halving (the backlog drains at speed after it), a
-  10-minute one many, so that a fleet comes back paced.
+- **An outage is one event per 30 s.** Refused/reset connections cut at most once per
+  ``down_period_s`` (30 s, or ``max_gap_s`` if longer): a 10 s outage costs one halving (the
+  backlog drains at speed after it), a 10-minute one twenty, so that a fleet comes back paced.
+  The count follows how long the server was away, not how often the agent retried: with
+  ``retry_interval: 1`` a cut per retry made a 10 s outage ten halvings and a lone agent
+  drained its backlog at one batch a second.
 
 Below one request in flight: pacing. The *limit* never goes below 1, but the *window* does.
 A fleet needs it: 10,000 agents that each keep one request in flight keep 10,000 requests at
@@ -99,6 +102,7 @@ DEFAULT_RTT_SLACK_S = 0.005  # added to the best RTT: a few ms of jitter on a fa
 DEFAULT_RTT_PATIENCE = 2  # congested windows in a row before an RTT cut
 DEFAULT_RTT_MIN_HORIZON_S = 300.0  # the best RTT is remembered for 150-300 s
 DEFAULT_MAX_GAP_S = 30.0  # pacing floor: one request per 30 s (pass retry_interval)
+DEFAULT_DOWN_PERIOD_S = 30.0  # refused/reset connections cut at most once per 30 s
 DEFAULT_MIN_WINDOW = 1 / 256  # pacing floor while no RTT is known yet
 DEFAULT_PACED_DELAY_S = 2.0  # below 1: the queueing delay (RTT - best) aimed at
 DEFAULT_PACED_GAIN = 0.25  # below 1: at most +25 % per horizon (less near the aim)
@@ -202,6 +206,7 @@ class ConcurrencyController:
         rtt_patience: int = DEFAULT_RTT_PATIENCE,
         rtt_min_horizon_s: float = DEFAULT_RTT_MIN_HORIZON_S,
         max_gap_s: float = DEFAULT_MAX_GAP_S,
+        down_period_s: float = DEFAULT_DOWN_PERIOD_S,
         min_window: float = DEFAULT_MIN_WINDOW,
         paced_delay_s: float = DEFAULT_PACED_DELAY_S,
         paced_gain: float = DEFAULT_PACED_GAIN,
@@ -221,6 +226,8 @@ class ConcurrencyController:
             raise ValueError("need rtt_patience >= 1, rtt_slack_s >= 0, 0 < min_window <= 1")
         if min(rtt_min_horizon_s, max_gap_s, paced_delay_s, paced_gain, paced_horizon_s) <= 0:
             raise ValueError("horizons, gaps, delays and gains must be positive")
+        if down_period_s < 0:
+            raise ValueError("down_period_s must not be negative")
         self.max_limit = max_limit
         self._clock = clock
         self._rand = rand
@@ -233,6 +240,7 @@ class ConcurrencyController:
         self._patience = rtt_patience
         self._horizon = rtt_min_horizon_s
         self._max_gap = max_gap_s
+        self._down_period = max(down_period_s, max_gap_s)
         self._min_window = min_window
         self._paced_delay = paced_delay_s
         self._paced_gain = paced_gain
@@ -319,9 +327,9 @@ class ConcurrencyController:
                 if ticket.epoch == self._epoch and self._may_pace():
                     self._cut(self._bp_ratio)  # (older requests saw the load we already cut)
             elif signal is Signal.UNREACHABLE:
-                # An outage is one event per max_gap_s: a short one costs one halving, a long
-                # one (many retry intervals) brings the agent back paced, as a fleet must.
-                if ticket.epoch == self._epoch and now - self._down_cut_at >= self._max_gap:
+                # One cut per down period: a short outage costs one halving, a long one
+                # brings the agent back paced, as a fleet must.
+                if ticket.epoch == self._epoch and now - self._down_cut_at >= self._down_period:
                     self._down_cut_at = now
                     self._cut(self._bp_ratio)
             elif signal is Signal.OK:
@@ -354,7 +362,13 @@ class ConcurrencyController:
         mins.add(now, rtt)
         best = self._best = self._baseline(cls)
         heavy = self._max_class
+        placeholder = self._heavy is None
         self._heavy = best if heavy is None or heavy == cls else self._baseline(heavy)
+        if placeholder and self._window < 1:
+            # Paced before any RTT was known (down at start): the multiple was of the
+            # placeholder floor; keep the window, not the multiple, or the first answer
+            # would turn one halving into a gap of max_gap_s / 128.
+            self._paced_m = max(1.0, self._window / self._floor())
         if self._ewma is None:
             self._ewma = rtt
         else:

@@ -426,9 +426,9 @@ class TestPacing:
             answer(ctrl, clock, 0.02, Signal.OK if i % 4 == 0 else Signal.BACKPRESSURE)
         assert ctrl.window < 0.5
 
-    def test_an_outage_cuts_once_per_max_gap(self) -> None:
+    def test_an_outage_cuts_once_per_down_period(self) -> None:
         """Refused connections for 10 s halve the limit once; for 10 minutes, they bring the
-        agent down to the floor."""
+        agent down near the floor."""
         ctrl, clock = make(8, initial_limit=8, max_gap_s=30.0, max_size=500)
         ticket = start(ctrl)
         clock.now += 0.1
@@ -441,6 +441,30 @@ class TestPacing:
             clock.now += 30.0
             answer(ctrl, clock, 0.001, Signal.UNREACHABLE)
         assert ctrl.window < 0.01
+
+    def test_a_short_retry_interval_does_not_multiply_the_cuts(self) -> None:
+        """retry_interval 1: ten refusals in 10 s are still one outage, one halving."""
+        ctrl, clock = make(8, initial_limit=2, max_gap_s=1.0, max_size=50)
+        ticket = start(ctrl)
+        clock.now += 0.005
+        ctrl.finished(ticket, Signal.OK, size=50)
+        for _ in range(10):
+            answer(ctrl, clock, 0.001, Signal.UNREACHABLE)
+            clock.now += 1.0
+        assert (ctrl.limit, ctrl.window) == (1, 1.0)
+
+    def test_down_at_start_keeps_its_window_when_the_first_rtt_arrives(self) -> None:
+        """Cut before any answer (server down at start-up): the first RTT does not turn the
+        halving into the floor; the backlog is followed after one RTT, not after seconds."""
+        ctrl, clock = make(8, max_gap_s=30.0, max_size=50)
+        answer(ctrl, clock, 0.001, Signal.UNREACHABLE)
+        assert ctrl.window == 0.5
+        clock.now += ctrl.wait_s()
+        ticket = start(ctrl)
+        clock.now += 0.005
+        ctrl.finished(ticket, Signal.OK, size=50)
+        assert ctrl.window == pytest.approx(0.5, rel=0.01)
+        assert ctrl.wait_s() == pytest.approx(0.005, rel=0.01)
 
     def test_min_window_one_turns_pacing_off(self) -> None:
         """With min_window=1 the window stays at 1 and there is never a gap."""

@@ -42,8 +42,9 @@ What this controller does differently, and why (each point has a test):
   server that answers 20 % of requests 503 at a flat RTT gets its batches retried, not an
   agent that idles between requests.
 - **An outage is one event per 30 s.** Refused/reset connections cut at most once per
-  ``down_period_s`` (30 s, or ``max_gap_s`` if longer): a 10 s outage costs one halving (the
-  backlog drains at speed after it), a 10-minute one twenty, so that a fleet comes back paced.
+  ``down_period_s`` (30 s, or ``max_gap_s`` if longer), and the first cut of an outage stops
+  at one request in flight: a 10 s outage (a restart) costs one halving and the backlog drains
+  at speed after it; a 10-minute one twenty, so that a fleet comes back paced.
   The count follows how long the server was away, not how often the agent retried: with
   ``retry_interval: 1`` a cut per retry made a 10 s outage ten halvings and a lone agent
   drained its backlog at one batch a second.
@@ -249,6 +250,7 @@ class ConcurrencyController:
         self._pace_share = pace_share
         self._busy: deque[bool] = deque(maxlen=_SHARE_MEMORY)  # answers: back-pressure?
         self._down_cut_at = -math.inf
+        self._down_since: float | None = None  # the first refusal since the last answer
         self._lock = threading.Lock()
         self._window = float(initial_limit)  # whole numbers from 1 up; a fraction below 1
         self._limit = initial_limit
@@ -327,12 +329,16 @@ class ConcurrencyController:
                 if ticket.epoch == self._epoch and self._may_pace():
                     self._cut(self._bp_ratio)  # (older requests saw the load we already cut)
             elif signal is Signal.UNREACHABLE:
-                # One cut per down period: a short outage costs one halving, a long one
-                # brings the agent back paced, as a fleet must.
+                if self._down_since is None:
+                    self._down_since = now
+                # One cut per down period: a short outage (a restart) costs one halving that
+                # stops at 1; a long one brings the agent back paced, as a fleet must.
                 if ticket.epoch == self._epoch and now - self._down_cut_at >= self._down_period:
                     self._down_cut_at = now
-                    self._cut(self._bp_ratio)
+                    if now - self._down_since >= self._down_period or self._window > 1:
+                        self._cut(self._bp_ratio)
             elif signal is Signal.OK:
+                self._down_since = None
                 self._busy.append(False)
                 self._sample(now, duration, max(1, size), ticket.generation)
             if self._window < 1:

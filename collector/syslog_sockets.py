@@ -1,4 +1,5 @@
-"""Socket helpers of the syslog listener: addresses, TLS, the kernel's UDP drops, resets."""
+"""Socket helpers of the syslog listener: binding, addresses, TLS, the kernel's UDP drops,
+resets, errors in words."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collector.syslog_source import SyslogSource
 log = structlog.get_logger("collector")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST at once
+UDP_RCVBUF = 8 * 1024 * 1024  # asked of the kernel, which caps it at net.core.rmem_max
 
 
 def peer_of(addr: Any) -> tuple[str, str]:
@@ -23,6 +25,15 @@ def peer_of(addr: Any) -> tuple[str, str]:
         ip = str(addr[0])
         return (f"[{ip}]:{addr[1]}" if ":" in ip else f"{ip}:{addr[1]}"), ip
     return str(addr), str(addr)
+
+
+def describe(exc: BaseException) -> str:
+    """A socket or TLS error in a few words: the SSL reason or the OS's message."""
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def tls_context(spec: SyslogSource) -> ssl.SSLContext:
@@ -89,3 +100,29 @@ def raise_fd_limit(max_connections: int) -> None:
     if soft < want:
         log.warning("syslog_fd_limit_low", open_files_limit=soft, max_connections=max_connections,
                     note="connections beyond the limit are refused")  # fmt: skip
+
+
+def bind(spec: SyslogSource) -> socket.socket:
+    """The listening (TCP, TLS) or receiving (UDP) socket of ``spec``: bound, non-blocking."""
+    kind = socket.SOCK_DGRAM if spec.scheme == "udp" else socket.SOCK_STREAM
+    family, _, _, _, addr = socket.getaddrinfo(
+        spec.host, spec.port, type=kind, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            # A restart must not wait out TIME_WAIT. (Not for UDP: there it would let a
+            # second process share the port and take some of the datagrams.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        sock.bind(addr)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(socket.SOMAXCONN)
+            raise_fd_limit(spec.max_connections)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -37,10 +37,10 @@ What this controller does differently, and why (each point has a test):
 - **Explicit back-pressure cuts harder.** 429/503/timeout/refused halve the window
   (``backpressure_ratio`` 0.5); a rising RTT cuts it by ``rtt_ratio`` (0.75). With a cap of
   8, ARC's 0.9 rounded down is a decrease by 1: additive, not multiplicative.
-- **Random refusals are not overload.** At one request in flight, back-pressure pushes the
-  window below 1 only when at least ``pace_share`` (half) of the last 20 answers were busy: a
-  server that answers 20 % of requests 503 at a flat RTT gets its batches retried, not an
-  agent that idles between requests.
+- **Random refusals are not overload.** At one request in flight and below, back-pressure
+  cuts only when at least ``pace_share`` (half) of the last 20 answers were busy: a server
+  that answers 20 % of requests 503 at a flat RTT gets its batches retried, not an agent
+  that idles between requests.
 - **An outage is one event per 30 s.** Refused/reset connections cut at most once per
   ``down_period_s`` (30 s, or ``max_gap_s`` if longer), and the first cut of an outage stops
   at one request in flight: a 10 s outage (a restart) costs one halving and the backlog drains
@@ -61,7 +61,7 @@ window steers it towards ``paced_delay_s`` (2 s) rather than towards "no queue":
 standing queue keeps the server busy while thousands of agents react slowly. The window
 moves by at most ``paced_gain`` (25 %) per ``paced_horizon_s`` (20 s) whatever the answer
 rate (steps per answer compound and overshoot), and is kept as a multiple of the floor, which
-follows the baselines. Back-pressure still halves it.
+follows the baselines. Back-pressure still halves it, when half the recent answers are busy.
 
 Signals. ``Signal.BACKPRESSURE``: the server (or the path to it) is overloaded: HTTP 429, 503,
 504, 408 and 502 (a gateway whose upstream is down), a read timeout.
@@ -393,11 +393,13 @@ class ConcurrencyController:
             self._decide(now)  # at least one RTT and one round of requests at this limit
 
     def _may_pace(self) -> bool:
-        """Whether back-pressure may cut now: always above or below one request in flight;
-        at exactly one, only when busy answers are a large share of the recent ones. A
-        server that turns away a fixed share of requests at random (a flat RTT) is not
-        helped by idling between requests: its batches are retried on their own."""
-        if self._window != 1:
+        """Whether back-pressure may cut now: always above one request in flight; at one and
+        below, only when busy answers are a large share of the recent ones. A server that
+        turns away a fixed share of requests at random (a flat RTT) is not helped by idling
+        between requests: its batches are retried on their own. (Below one, a cut per busy
+        answer against a growth of 25 % per 20 s took a 20 %-503 server to the floor: one
+        request per retry_interval, for good.)"""
+        if self._window > 1:
             return True
         return sum(self._busy) >= self._pace_share * len(self._busy)
 

@@ -418,6 +418,22 @@ class TestPacing:
             answer(ctrl, clock, 0.02, Signal.BACKPRESSURE if i % 5 == 4 else Signal.OK)
             assert ctrl.window >= 1 and ctrl.wait_s() == 0.0
 
+    def test_random_rejections_after_a_burst_do_not_sink_the_window(self) -> None:
+        """A burst of busy answers paces the agent; then every fifth answer 503 at a flat
+        RTT: no further cut (the window grows back to 1), never down to the floor."""
+        ctrl, clock = make(8, max_gap_s=30.0, max_size=500)
+        answer(ctrl, clock, 0.02, Signal.OK)
+        for _ in range(10):
+            clock.now += ctrl.wait_s()
+            answer(ctrl, clock, 0.02, Signal.BACKPRESSURE)
+        assert ctrl.window < 1
+        low = ctrl.window
+        for i in range(400):
+            clock.now += ctrl.wait_s() + 0.5
+            answer(ctrl, clock, 0.02, Signal.BACKPRESSURE if i % 5 == 4 else Signal.OK)
+            low = min(low, ctrl.window)
+        assert ctrl.window == 1.0 and low >= 0.1
+
     def test_a_server_that_mostly_rejects_is_paced(self) -> None:
         """Three answers in four are 503: the window goes below one request in flight."""
         ctrl, clock = make(8)

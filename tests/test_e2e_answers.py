@@ -42,7 +42,8 @@ class TestAnswers:
 
     def test_404_registers_again_then_retries(self, receiver, start_agent) -> None:
         """404 to a batch: the agent registers again and the batch is delivered."""
-        agent, log = _start(start_agent, receiver)
+        # No heartbeat during the test: its 404 would re-register before the batch is sent.
+        agent, log = _start(start_agent, receiver, heartbeat_interval=60)
         write_lines(log, ["first"])
         wait_until(lambda: receiver.stats()["events_unique"] == 1, 10, what="first line")
         receiver.configure(forget_agents=True)

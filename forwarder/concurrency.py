@@ -38,7 +38,8 @@ What this controller does differently, and why (each point has a test):
   (``backpressure_ratio`` 0.5); a rising RTT cuts it by ``rtt_ratio`` (0.75). With a cap of
   8, ARC's 0.9 rounded down is a decrease by 1: additive, not multiplicative.
 - **Random refusals are not overload.** At one request in flight and below, back-pressure
-  cuts only when at least ``pace_share`` (half) of the last 20 answers were busy: a server
+  cuts only when at least ``pace_share`` (half) of the last 40 answers (20 at least) were
+  busy: a server
   that answers 20 % of requests 503 at a flat RTT gets its batches retried, not an agent
   that idles between requests.
 - **An outage is one event per 30 s.** Refused/reset connections cut at most once per
@@ -111,7 +112,8 @@ DEFAULT_PACED_HORIZON_S = 20.0  # below 1: the time the gain is spread over
 DEFAULT_PACED_STEP = 0.25  # below 1: at most -25 % per answer
 DEFAULT_EWMA_ALPHA = 0.2  # the smoothed RTT reported in snapshots (not used to decide)
 DEFAULT_PACE_SHARE = 0.5  # at 1 in flight, pace only when this share of answers says busy
-_SHARE_MEMORY = 20  # answers the share is taken over
+_SHARE_MEMORY = 40  # answers the share is taken over: 8 of 40 expected at 20 % random 503s,
+_SHARE_MIN = 20  # and 20 of 40 a chance of 1e-4 (10 of 20: 3e-3, met once in a long run)
 _MAX_WINDOW_SAMPLES = 256
 
 BACKPRESSURE_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -401,7 +403,8 @@ class ConcurrencyController:
         request per retry_interval, for good.)"""
         if self._window > 1:
             return True
-        return sum(self._busy) >= self._pace_share * len(self._busy)
+        n = len(self._busy)
+        return n >= _SHARE_MIN and sum(self._busy) >= self._pace_share * n
 
     def _baseline(self, cls: int) -> float:
         """The best RTT for size class ``cls``, bounded by what the other classes imply."""

@@ -373,8 +373,14 @@ class Forwarder:
         pause: bool,
         fresh: bool = False,
     ) -> None:
-        """Send ``batch`` again after a backoff (``fresh``: it is already a new batch)."""
-        delay = self.retry.next_delay(retry_after)
+        """Send ``batch`` again after a backoff (``fresh``: it is already a new batch). When
+        the whole sender waits, the backoff follows the streak of failures; when only this
+        batch does, its own attempts."""
+        if pause:
+            delay = self.retry.next_delay(retry_after)
+        else:
+            # (a fresh batch already counts this failure in its attempts)
+            delay = self.retry.batch_delay(batch.attempt - (1 if fresh else 0), retry_after)
         due = self.clock.monotonic() + delay
         if pause:
             self.paused_until = max(self.paused_until, due)

@@ -353,9 +353,15 @@ class TestPacing:
     """Below one request in flight the controller paces: a gap after each answer."""
 
     def test_backpressure_at_one_paces(self) -> None:
-        """A 503 at a limit of 1 halves the window: one request per two RTTs."""
+        """Half of 20 answers 503 at a limit of 1 halve the window: one request per two RTTs.
+        (Not before 20 answers: one busy answer of two is no share.)"""
         ctrl, clock = make(8)
-        answer(ctrl, clock, 0.1, Signal.OK)
+        for _ in range(10):
+            answer(ctrl, clock, 0.1, Signal.OK)
+            clock.now += 10.0  # (spaced: the limit does not grow meanwhile)
+        for _ in range(9):
+            answer(ctrl, clock, 0.01, Signal.BACKPRESSURE)
+        assert (ctrl.limit, ctrl.window) == (1, 1.0)
         answer(ctrl, clock, 0.01, Signal.BACKPRESSURE)
         assert (ctrl.limit, ctrl.window) == (1, pytest.approx(0.5))
         assert ctrl.try_start() is None
@@ -423,7 +429,7 @@ class TestPacing:
         RTT: no further cut (the window grows back to 1), never down to the floor."""
         ctrl, clock = make(8, max_gap_s=30.0, max_size=500)
         answer(ctrl, clock, 0.02, Signal.OK)
-        for _ in range(10):
+        for _ in range(20):
             clock.now += ctrl.wait_s()
             answer(ctrl, clock, 0.02, Signal.BACKPRESSURE)
         assert ctrl.window < 1

@@ -875,6 +875,23 @@ class TestInFlight:
                 break
         assert rig.store.stats().acked_kept == 48
 
+    def test_each_refused_batch_waits_for_its_own_failures(
+        self, flying: tuple[Rig, HeldExecutor]
+    ) -> None:
+        """Two batches answered 503 without Retry-After, one after the other: each waits its
+        own first backoff, 1 s, not 1 s and then 2 s (a streak is for what every batch meets)."""
+        rig, held = flying
+        for k in range(6):
+            rig.feed.commit(lines(8, f"b{k}"))
+        rig.adapter.queue(503, 503)
+        rig.adapter.fallback = 200
+        rig.forwarder.step()
+        t = rig.clock.monotonic()
+        held.release(0)
+        held.release(0)
+        rig.forwarder.step()
+        assert [w.due - t for w in rig.forwarder.waiting] == [1.0, 1.0]
+
     def test_shutdown_gives_back_what_is_unanswered(self, flying: tuple[Rig, HeldExecutor]) -> None:
         """At shutdown the answered batch is acked and the three unanswered are pending again."""
         rig, held = flying

@@ -152,6 +152,16 @@ class TestRetryPolicy:
         assert policy.failures == 0
         assert [policy.next_delay() for _ in range(3)] == [1.0, 2.0, 4.0]
 
+    def test_one_batch_backs_off_from_its_own_attempts(self) -> None:
+        """batch_delay follows the batch's attempts (1, 2, 4 … 30 s), not the streak; a
+        Retry-After still wins; each call counts as a failure."""
+        policy = RetryPolicy(30.0, jitter=identity)
+        policy.next_delay()
+        policy.next_delay()  # a streak of two elsewhere
+        assert [policy.batch_delay(a) for a in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+        assert policy.batch_delay(0, retry_after=7.0) == 7.0
+        assert policy.failures == 10
+
 
 class TestParseRetryAfter:
     """Retry-After as delta-seconds or an HTTP date; anything else is ignored."""

@@ -5,8 +5,10 @@ Imported by ``nats_to_ilasoc.py`` and ``kafka_to_ilasoc.py`` (run them from this
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import os
 import platform
 import sqlite3
 import sys
@@ -88,3 +90,24 @@ def post_group(server: Server, agent_id: str, logs: list[dict[str, Any]]) -> boo
         return True
     print(f"ingest-batch answered {status}: will retry", file=sys.stderr)
     return False
+
+
+def add_server_args(ap: argparse.ArgumentParser, bridge: str) -> None:
+    """The options every bridge shares: where the ILA-SOC server is, its key, the batching."""
+    ap.add_argument("--server-url", required=True)
+    ap.add_argument("--api-key-file", help="else the environment variable ILA_SOC_API_KEY")
+    ap.add_argument("--server-ca-file", help="CA of the ILA-SOC server's certificate")
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--seen-db", default=f"{bridge}.seen.db")
+
+
+def server_from_args(ap: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> Server:
+    """The server of ``add_server_args``' options; exits with a usage error without a key."""
+    if args.api_key_file:
+        with open(args.api_key_file, encoding="utf-8") as f:
+            api_key = f.read().strip()
+    else:
+        api_key = os.environ.get("ILA_SOC_API_KEY", "")
+    if not api_key:
+        ap.error("no API key: --api-key-file or ILA_SOC_API_KEY")
+    return Server(args.server_url, api_key, args.server_ca_file, name)

@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from typing import Any
 
-from ilasoc_client import Seen, Server, post_group
+from ilasoc_client import Seen, Server, add_server_args, post_group, server_from_args
 
 
 def consumer_for(args: argparse.Namespace) -> Any:
@@ -119,25 +118,15 @@ def main() -> int:
     ap.add_argument("--sasl-username")
     ap.add_argument("--sasl-password-file")
     ap.add_argument("--tls-ca-file")
-    ap.add_argument("--server-url", required=True)
-    ap.add_argument("--api-key-file", help="else the environment variable ILA_SOC_API_KEY")
-    ap.add_argument("--server-ca-file", help="CA of the ILA-SOC server's certificate")
-    ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--seen-db", default="kafka_to_ilasoc.seen.db")
+    add_server_args(ap, "kafka_to_ilasoc")
     ap.add_argument("--exit-when-idle", type=float, default=0,
                     help="exit after this many seconds without records (0: never)")  # fmt: skip
     args = ap.parse_args()
-    if args.api_key_file:
-        with open(args.api_key_file, encoding="utf-8") as f:
-            api_key = f.read().strip()
-    else:
-        api_key = os.environ.get("ILA_SOC_API_KEY", "")
-    if not api_key:
-        ap.error("no API key: --api-key-file or ILA_SOC_API_KEY")
+    server = server_from_args(ap, args, "kafka-bridge")
     with contextlib.suppress(KeyboardInterrupt):
         run(
             args,
-            Server(args.server_url, api_key, args.server_ca_file, "kafka-bridge"),
+            server,
             Seen(args.seen_db),
         )
     return 0

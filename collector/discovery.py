@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any, ClassVar
@@ -60,16 +61,62 @@ def has_magic(pattern: str) -> bool:
     return glob.has_magic(pattern)
 
 
-def discover(sources: Iterable[FileSource]) -> dict[str, FileSource]:
-    """{path: its source} for every regular file matching a configured path or glob."""
+def discover(
+    sources: Iterable[FileSource],
+    *,
+    known: Container[str] = (),
+    globber: Globber | None = None,
+) -> dict[str, FileSource]:
+    """{path: its source} for every regular file matching a configured path or glob. Paths
+    in ``known`` (files being read) are taken as they are, without a stat."""
     found: dict[str, FileSource] = {}
+    glob_of = globber.names if globber is not None else _glob
     for src in sources:
-        paths = sorted(glob.glob(src.pattern)) if has_magic(src.pattern) else [src.pattern]
+        paths = glob_of(src.pattern) if has_magic(src.pattern) else [src.pattern]
         for path in paths:
-            if path in found or not os.path.isfile(path):
+            if path in found or (path not in known and not os.path.isfile(path)):
                 continue
             found[path] = src
     return found
+
+
+def _glob(pattern: str) -> list[str]:
+    return sorted(glob.glob(pattern))
+
+
+class Globber:
+    """Globs whose folder is fixed (``logs/*.log``) listed again only when the folder's
+    mtime moved: an entry added, removed or renamed changes it, so a quiet folder of 10,000
+    files costs one stat per pass, not a listing. A folder changed within ``RACY_S`` of
+    its listing is listed again next time (a change in the same timestamp tick as the
+    listing could leave the mtime as it was). Globs with wildcards in folders are always
+    listed. ``wall`` is the filesystem's clock (mtimes are real time), not the agent's."""
+
+    RACY_S = 2.0
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self.wall = wall
+        self._listed: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
+
+    def names(self, pattern: str) -> list[str]:
+        folder = os.path.dirname(pattern) or "."
+        if has_magic(folder):
+            return _glob(pattern)
+        try:
+            st = os.stat(folder)
+        except OSError:
+            self._listed.pop(pattern, None)
+            return _glob(pattern)
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        listed = self._listed.get(pattern)
+        if listed is not None and listed[0] == stamp:
+            return listed[1]
+        names = _glob(pattern)
+        if st.st_mtime_ns / 1e9 < self.wall() - self.RACY_S:
+            self._listed[pattern] = (stamp, names)
+        else:
+            self._listed.pop(pattern, None)
+        return names
 
 
 def matching(sources: Iterable[FileSource], path: str) -> FileSource | None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from fnmatch import fnmatch
 
 import structlog
 
 from collector.descriptors import EXHAUSTED, OpenFiles
-from collector.discovery import FileSource, discover, has_magic, matching, watch_dirs
+from collector.discovery import FileSource, Globber, discover, has_magic, matching, watch_dirs
 from collector.identity import identify, matches
 from collector.processing import Filters, Processing, Redactor
 from collector.tailer import Read, Tailer
@@ -62,6 +61,8 @@ class FileTable:
         for cp in store.checkpoints():
             self._saved.setdefault((cp.file_id.dev, cp.file_id.ino), []).append(cp)
         self._problems: dict[str, str] = {}  # path → problem already reported
+        self.globber = Globber()
+        self._new_sources: set[str] = set()  # sources of files opened since the last take
 
     # -- finding --------------------------------------------------------------------------
 
@@ -93,13 +94,13 @@ class FileTable:
     def discover(self, *, at_startup: bool, first_seen: set[FileSource] | None = None) -> None:
         """Match every path and glob again; open the files not read yet. Files of a source
         seen for the first time (``first_seen``, a reload) follow start_position."""
-        found = discover(self.sources)
+        found = discover(self.sources, known=self.active, globber=self.globber)
+        with_files = {id(src) for src in found.values()}
         for src in self.sources:
             if src.pattern in found:
                 continue
             if has_magic(src.pattern):
-                if not any(name == (src.name or path) and fnmatch(path, src.pattern)
-                           for path, name in found.items()):  # fmt: skip
+                if id(src) not in with_files:
                     self.report(src.pattern, "no file matches yet: waiting", level="info")
             elif os.path.exists(src.pattern):
                 self.report(src.pattern, "not a regular file (a directory?): not read")
@@ -178,6 +179,7 @@ class FileTable:
             multiline=src.multiline if src else None,
         )  # fmt: skip
         t.spec = src
+        self._new_sources.add(source)
         self.by_inode[t.inode] = t
         self.open.opened(t)
         return t
@@ -223,37 +225,29 @@ class FileTable:
         self.store.forget_checkpoint(cp.key)
         log.warning("file_lost_while_stopped", path=cp.path, position=cp.offset)
 
+    def take_new_sources(self) -> set[str]:
+        """The sources of the files opened since the last call."""
+        new, self._new_sources = self._new_sources, set()
+        return new
+
     # -- following ------------------------------------------------------------------------
 
-    def still_there(self, t: Tailer, now: float) -> bool:
-        """Does the path still name this file? If not, finish it and read what is there."""
+    def still_there(self, t: Tailer, now: float) -> tuple[bool, os.stat_result | None]:
+        """Does the path still name this file (and its stat, if one was had)? If not,
+        finish it and read what is there."""
         try:
             st = os.stat(t.path)
         except FileNotFoundError:
             self._retire(t, now, "deleted_or_renamed")
-            return False
+            return False, None
         except OSError:
-            return True
+            return True, None  # no stat by path (permissions?): the descriptor still reads
         if (st.st_dev, st.st_ino) != t.inode:
             path = t.path  # the retired file may be found again under its new name
             self._retire(t, now, "rotated")
             self.open_path(path, t.spec, at_startup=False)
-            return False
-        return True
-
-    def changed_since_closed(self, t: Tailer) -> bool:
-        """A closed file: anything to read (it is longer than what was read, or shorter, or
-        its mtime moved: rewritten)?"""
-        try:
-            st = os.stat(t.path)
-        except OSError:
-            return False
-        if st.st_size != t.splitter.consumed:
-            return True
-        if t.unchanged(st):
-            return False
-        t.looked(st)
-        return True
+            return False, None
+        return True, st
 
     def rotated_while_closed(self, t: Tailer) -> None:
         """The path names another file now: finish ours (found by inode), read the new."""

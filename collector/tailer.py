@@ -215,8 +215,14 @@ class Tailer:
         return self.fd >= 0
 
     def unchanged(self, st: os.stat_result) -> bool:
-        """Same inode, size and mtime as at the last look (then nothing new to read)."""
-        return (st.st_dev, st.st_ino) == self.inode and (st.st_size, st.st_mtime_ns) == self.seen
+        """Nothing to do: the same size and mtime as at the last look, read to that size,
+        nothing held. (A rewrite to the very same size within one mtime tick would pass
+        for unchanged; the same rule closed files have always had.)"""
+        return (
+            (st.st_size, st.st_mtime_ns) == self.seen
+            and st.st_size == self.splitter.consumed
+            and not self.holding
+        )
 
     def looked(self, st: os.stat_result) -> None:
         self.seen = (st.st_size, st.st_mtime_ns)

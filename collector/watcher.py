@@ -2,7 +2,8 @@
 
 The collector is woken by an event and then looks only at the paths events named, not at
 every file it tracks: with 10,000 quiet files, nothing happens per file until one changes.
-Our own opens and closes (IN_OPEN, IN_CLOSE_NOWRITE) are not changes and are ignored.
+Our own opens and closes (IN_OPEN, IN_CLOSE_NOWRITE) are not changes: they are not asked
+of the kernel (``EVENTS`` is the inotify mask), so closing 10,000 quiet files wakes nothing.
 """
 
 from __future__ import annotations
@@ -11,12 +12,28 @@ import os
 import threading
 
 import structlog
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 log = structlog.get_logger("collector")
 
 CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})
+EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
+    DirCreatedEvent, DirModifiedEvent, DirMovedEvent, DirDeletedEvent,
+]  # fmt: skip
 
 
 class _Collect(FileSystemEventHandler):
@@ -70,7 +87,7 @@ class Watcher:
             if not os.path.isdir(d):
                 continue
             try:
-                self._observer.schedule(_Collect(self), d, recursive=False)
+                self._observer.schedule(_Collect(self), d, recursive=False, event_filter=EVENTS)
                 self._watched.add(d)
                 self._failed.discard(d)
             except OSError as exc:

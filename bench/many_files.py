@@ -176,13 +176,13 @@ def steady(work: Path, files: int, rate_per_file: float, seconds: float) -> dict
         th = threading.Thread(target=writer, daemon=True)
         th.start()
         time.sleep(3)  # warm up
-        c0, w0, d0 = cpu_s(rig.agent.pid), written[0], rig.unique()
+        c0, w0 = cpu_s(rig.agent.pid), written[0]
         peak_fds = 0
         t_end = time.monotonic() + seconds
         while time.monotonic() < t_end:
             peak_fds = max(peak_fds, fds(rig.agent.pid))
             time.sleep(0.5)
-        c1, w1 = cpu_s(rig.agent.pid), written[0]
+        c1, w1, d1 = cpu_s(rig.agent.pid), written[0], rig.unique()
         stop.set()
         th.join()
         wait(lambda: rig.unique() >= written[0], 120, "steady delivery")
@@ -191,7 +191,7 @@ def steady(work: Path, files: int, rate_per_file: float, seconds: float) -> dict
             "rss_kb": status_kb(rig.agent.pid, "VmRSS"),
             "fds_peak": peak_fds,
             "lines_per_s": (w1 - w0) / seconds,
-            "lag_lines": written[0] - d0,
+            "lag_lines": w1 - d1,  # written but not yet delivered at the window's end
         }
     finally:
         for h in handles:

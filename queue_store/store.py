@@ -12,6 +12,7 @@ The rooms behind the door, one file each: ``schema`` (tables, states, persist-qu
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -64,6 +65,7 @@ class QueueStore(BufferFile):
         super().__init__(path, lock=lock, clock=clock)
         with self._read() as db:
             self._total_bytes = budget.total_bytes(db)
+        self._acked_since = -math.inf  # every acked item is at least this recent (cleanup)
 
     # -- the durable boundary -------------------------------------------------------------
 
@@ -284,13 +286,25 @@ class QueueStore(BufferFile):
     # -- housekeeping and counters --------------------------------------------------------
 
     def cleanup(self) -> None:
-        """Forget acked items older than the retention window; re-sync the byte count."""
+        """Forget acked items older than the retention window; re-sync the byte count.
+
+        ``acked_at`` has no index (it would cost every ack a write), so a pass reads every
+        acked row: it runs only when the oldest acked item may have expired, which it knows
+        from the last pass (items acked since have a later ``acked_at``)."""
+        now = self.clock.wall()
+        cutoff = now - self.acked_retention_s
+        if cutoff <= self._acked_since:
+            return  # nothing acked before the cutoff: no pass over 24 h of history
         with self._write() as db:
             db.execute(
                 f"DELETE FROM {TABLE} WHERE status IN (?, ?) AND acked_at < ?",
-                (ACKED, EXPORTED, self.clock.wall() - self.acked_retention_s),
+                (ACKED, EXPORTED, cutoff),
             )
+            (oldest,) = db.execute(
+                f"SELECT MIN(acked_at) FROM {TABLE} WHERE status IN (?, ?)", (ACKED, EXPORTED)
+            ).fetchone()
             self._total_bytes = budget.total_bytes(db)
+        self._acked_since = now if oldest is None else min(float(oldest), now)
 
     def set_meta(self, key: str, value: str | None) -> None:
         with self._settle() as db:

@@ -16,7 +16,7 @@ from ila_core.errors import BufferFull, BufferLocked, BufferWriteError
 from queue_store.records import Checkpoint, Chunk, FileId, event_uid
 from queue_store.schema import DEAD, TABLE
 from queue_store.store import Selection
-from tests.fakes import OpenBuffer
+from tests.fakes import FakeClock, LogFeed, OpenBuffer, drain, lines
 
 FID = FileId(1, 2, 10, "abc")
 
@@ -131,6 +131,45 @@ class TestLease:
         assert lease is not None
         assert [e.log_text for e in lease.entries] == ["0a", "0b", "1a", "1b"]
         s.close()
+
+
+class TestRetention:
+    """Acked history is kept ``acked_retention_s`` and then forgotten by ``cleanup``, which
+    skips its pass over the history while nothing can have expired."""
+
+    def test_acked_items_are_kept_for_the_window_then_forgotten(
+        self, open_buffer: OpenBuffer
+    ) -> None:
+        clock = FakeClock()
+        s = open_buffer(acked_retention_s=100.0, clock=clock)
+        feed = LogFeed(s)
+        feed.commit(lines(3, "first"))
+        drain(s)
+        s.cleanup()  # nothing is old enough yet
+        assert s.stats().acked_kept == 3
+        clock.advance(60)
+        feed.commit(lines(2, "second"))
+        drain(s)
+        clock.advance(50)  # the first three are 110 s old, the other two 50 s
+        s.cleanup()
+        assert (s.stats().acked_kept, s.stats().pending) == (2, 0)
+        clock.advance(60)
+        s.cleanup()
+        assert s.stats().acked_kept == 0
+
+    def test_items_acked_after_an_empty_pass_still_expire(self, open_buffer: OpenBuffer) -> None:
+        clock = FakeClock()
+        s = open_buffer(acked_retention_s=10.0, clock=clock)
+        s.cleanup()  # no history at all
+        clock.advance(5)
+        LogFeed(s).commit(lines(4))
+        drain(s)
+        clock.advance(9)
+        s.cleanup()
+        assert s.stats().acked_kept == 4
+        clock.advance(2)
+        s.cleanup()
+        assert s.stats().acked_kept == 0
 
 
 class TestBudget:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.sample_input import write_lines  # noqa: E402
 from tests.brokers import NatsServer, TansuServer, running_nats, running_tansu  # noqa: E402
 from tests.procs import AgentProc, ReceiverProc  # noqa: E402
 
@@ -43,18 +44,6 @@ RUN_DEADLINE_S = 300.0  # a run that has not delivered everything by then is a T
 
 def say(msg: str) -> None:
     print(f"[broker-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def write_input(path: Path, n: int) -> float:
-    """N distinct syslog-like lines; returns their mean size in bytes (newline included)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(n):
-            f.write(
-                f"2026-11-27T10:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}Z web-{i % 40:02d} "
-                f"sshd[{1000 + i % 5000}]: Accepted publickey for user{i % 997:03d} from "
-                f"10.{i % 256}.{i // 256 % 256}.{i % 7} port {1024 + i % 60000} ssh2 seq={i:09d}\n"
-            )
-    return path.stat().st_size / n
 
 
 def cpu_seconds(pid: int) -> float:
@@ -174,7 +163,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="broker-bench-") as base_dir:
         base = Path(base_dir)
         source = base / "input.log"
-        mean = write_input(source, args.lines)
+        mean = write_lines(str(source), args.lines)
         say(f"{args.lines:,} lines, mean {mean:.1f} bytes, in {source}")
         for run in range(args.runs):
             for key in keys:

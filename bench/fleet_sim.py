@@ -29,8 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forwarder.concurrency import DEFAULT_MIN_WINDOW, ConcurrencyController, Signal, Ticket
+from forwarder.concurrency import DEFAULT_MIN_WINDOW, ConcurrencyController, Ticket
 from forwarder.retry import RETRY_AFTER_MAX, RetryPolicy
+from forwarder.signals import Signal
 
 # Event kinds, in the heap as (time, seq, kind, payload).
 WAKE, DONE, ANSWER, OUTAGE_START, OUTAGE_END = range(5)

@@ -36,6 +36,8 @@ if ROOT not in sys.path:
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+from sample_input import write_lines  # noqa: E402  (the same input as vs_syslogng.py)
+
 API_KEY = "bench-key-0123456789"
 TARGET_INGEST = 100_000  # lines/s, durable
 TARGET_E2E = 20_000  # lines/s
@@ -129,24 +131,6 @@ def mem_kb(pid: int) -> dict[str, int]:
 def http_json(url: str, timeout: float = 5.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
-
-
-def write_lines(path: str, n: int) -> float:
-    """N syslog-like lines of ~120 bytes; returns the mean line length in bytes."""
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        buf: list[str] = []
-        for i in range(n):
-            buf.append(
-                f"2026-11-27T10:{(i // 60000) % 60:02d}:{(i // 1000) % 60:02d}.{i % 1000:03d}Z"
-                f" web-{i % 16:02d} sshd[{1000 + i % 9000}]: Accepted publickey for"
-                f" user{i % 997:03d} from 10.{i % 256}.{(i >> 8) % 256}.{(i >> 16) % 256}"
-                f" port {20000 + i % 40000} ssh2 seq={i:09d}\n"
-            )
-            if len(buf) >= 20000:
-                f.write("".join(buf))
-                buf.clear()
-        f.write("".join(buf))
-    return os.path.getsize(path) / max(1, n)
 
 
 def wait_for(cond: Callable[[], bool], deadline_s: float, every: float = 0.1) -> bool:

@@ -36,6 +36,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sample_input import write_lines  # bench/: the same input as run_bench.py
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
@@ -383,27 +385,6 @@ def agent_env() -> dict[str, str]:
     src = _AGENT_SRC[0]
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
-
-
-# -- input -----------------------------------------------------------------------------------
-
-
-def write_input(path: str, n: int) -> float:
-    """N distinct syslog-like lines of ~120 bytes with ``seq=%09d``; returns mean bytes/line."""
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        buf: list[str] = []
-        for i in range(n):
-            buf.append(
-                f"2026-11-27T10:{(i // 60000) % 60:02d}:{(i // 1000) % 60:02d}.{i % 1000:03d}Z"
-                f" web-{i % 16:02d} sshd[{1000 + i % 9000}]: Accepted publickey for"
-                f" user{i % 997:03d} from 10.{i % 256}.{(i >> 8) % 256}.{(i >> 16) % 256}"
-                f" port {20000 + i % 40000} ssh2 seq={i:09d}\n"
-            )
-            if len(buf) >= 20_000:
-                f.write("".join(buf))
-                buf.clear()
-        f.write("".join(buf))
-    return os.path.getsize(path) / max(1, n)
 
 
 # -- shippers and scenarios ------------------------------------------------------------------
@@ -1202,7 +1183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = make_ctx(args, top, receiver, sng)
         head.machine = machine_desc(ctx)
-        mean = write_input(ctx.input_path, ctx.lines)
+        mean = write_lines(ctx.input_path, ctx.lines)
         head.input_desc = (
             f"Input: {ctx.lines:,} lines, mean {mean:.1f} bytes with the newline; "
             f"runs: {args.runs} per shipper, interleaved; per-run deadline "

@@ -44,11 +44,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
+
+from collector.syslog_time import (
+    ISO_TIMESTAMP,
+    MONTHS,
+    YEAR_INFERENCE_FUTURE_TOLERANCE,
+    bsd_time,
+    iso_time,
+)
 
 __all__ = ["YEAR_INFERENCE_FUTURE_TOLERANCE", "SyslogFields", "parse"]
-
-YEAR_INFERENCE_FUTURE_TOLERANCE = timedelta(days=7)
 
 # RFC 5424 section 6: the longest each header field may be.
 _MAX_HOSTNAME = 255
@@ -61,9 +67,6 @@ _MAX_TIMESTAMP = 40
 _SP = 0x20
 _BOM = b"\xef\xbb\xbf"
 
-_ISO_TIMESTAMP = re.compile(
-    rb"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?"
-)
 # Matched against a bounded window, so the only quantifiers are small and sequential.
 _BSD_TIMESTAMP = re.compile(
     rb"[*.]?([A-Za-z]{3}) {1,2}(\d{1,2}) (?:(\d{4}) )?(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?:?"
@@ -83,11 +86,6 @@ _HEADER_5424 = re.compile(
 )
 # Python-level steps (elements, values, escaped quotes) spent looking for where MSG starts.
 _MAX_SD_STEPS = 4096
-
-_MONTHS = {
-    name: number
-    for number, name in enumerate(b"jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +161,6 @@ def _is_rfc5424(data: bytes, pos: int) -> bool:
     return nxt == b"-" or nxt.isdigit()
 
 
-def _leap(second: int) -> int:
-    """A leap second (60) is valid in RFC 3339 but not in datetime: check it as 59."""
-    return 59 if second == 60 else second
-
-
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
@@ -178,23 +171,6 @@ def _token_end(data: bytes, pos: int, limit: int) -> int:
     if end >= 0:
         return end
     return len(data) if len(data) - pos <= limit else -1
-
-
-def _iso_time(token: bytes) -> str | None:
-    """RFC 3339 text for an ISO 8601 timestamp token, or None when it is not a valid one."""
-    match = _ISO_TIMESTAMP.fullmatch(token)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, _, offset = match.groups()
-    try:
-        datetime(int(year), int(month), int(day), int(hour), int(minute), _leap(int(second)))
-    except ValueError:
-        return None
-    if offset is not None and len(offset) > 1 and (int(offset[1:3]) > 23 or int(offset[4:6]) > 59):
-        return None
-    # The regex admits only ASCII; upper() turns "t" and "z" into "T" and "Z", nothing else.
-    text = token.decode("ascii").upper()
-    return text if offset is not None else text + "Z"
 
 
 # --- RFC 5424 ----------------------------------------------------------------------------------
@@ -221,7 +197,7 @@ def _parse_5424(data: bytes, pos: int, facility: int, severity: int) -> SyslogFi
         app_name=_decode(app_name) if app_name is not None else None,
         procid=_decode(procid) if procid is not None else None,
         msgid=_decode(msgid) if msgid is not None else None,
-        time=_iso_time(stamp) if stamp is not None else None,
+        time=iso_time(stamp) if stamp is not None else None,
         msg_start=msg_start,
     )
 
@@ -352,71 +328,18 @@ def _timestamp_3164(data: bytes, pos: int, now: datetime | None) -> tuple[str | 
     n = len(data)
     if pos < n and data[pos : pos + 1].isdigit():
         end = _token_end(data, pos, _MAX_TIMESTAMP)
-        if end < 0 or _ISO_TIMESTAMP.fullmatch(data, pos, end) is None:
+        if end < 0 or ISO_TIMESTAMP.fullmatch(data, pos, end) is None:
             return None, -1
-        return _iso_time(data[pos:end]), end
+        return iso_time(data[pos:end]), end
     match = _BSD_TIMESTAMP.match(data, pos, min(n, pos + _BSD_WINDOW))
     if match is None or (match.end() < n and data[match.end()] != _SP):
         return None, -1
     month_name, day, year, hour, minute, second, fraction = match.groups()
-    month = _MONTHS.get(month_name.lower())
+    month = MONTHS.get(month_name.lower())
     if month is None:
         return None, -1
     clock = (int(hour), int(minute), int(second))
-    day_of_month = int(day)
-    if year is None:
-        resolved = _infer_year(month, day_of_month, clock, _utc_now(now))
-    elif _valid_date(int(year), month, day_of_month, clock):
-        resolved = int(year)
-    else:
-        resolved = None
-    if resolved is None:
-        return None, match.end()
-    frac = fraction.decode("ascii") if fraction else ""
-    return (
-        f"{resolved:04d}-{month:02d}-{day_of_month:02d}"
-        f"T{clock[0]:02d}:{clock[1]:02d}:{clock[2]:02d}{frac}Z",
-        match.end(),
-    )
-
-
-def _utc_now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        return now.replace(tzinfo=timezone.utc)
-    try:
-        return now.astimezone(timezone.utc)
-    except OverflowError:  # an aware datetime.min / max: the wall time is close enough
-        return now.replace(tzinfo=timezone.utc)
-
-
-def _valid_date(year: int, month: int, day: int, clock: tuple[int, int, int]) -> bool:
-    try:
-        datetime(year, month, day, clock[0], clock[1], _leap(clock[2]))
-    except ValueError:
-        return False
-    return True
-
-
-def _infer_year(month: int, day: int, clock: tuple[int, int, int], now: datetime) -> int | None:
-    """The latest year (next, this, last) that puts the date at most a few days after ``now``."""
-    # Next year can be at most a few days ahead only for a month earlier than now's.
-    years = (
-        (now.year + 1, now.year, now.year - 1) if month < now.month else (now.year, now.year - 1)
-    )
-    for year in years:
-        if not 1 <= year <= 9999:
-            continue
-        try:
-            candidate = datetime(
-                year, month, day, clock[0], clock[1], _leap(clock[2]), tzinfo=timezone.utc
-            )
-        except ValueError:
-            continue  # Feb 29 in a common year, or an hour of 24: try the next candidate
-        if candidate - now <= YEAR_INFERENCE_FUTURE_TOLERANCE:  # no overflow near year 9999
-            return year
-    return None
+    return bsd_time(month, int(day), year, clock, fraction, now), match.end()
 
 
 def _tag_at(data: bytes, pos: int) -> tuple[str, str | None, int] | None:

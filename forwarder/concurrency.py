@@ -1,90 +1,36 @@
 """Adaptive request concurrency: how many ingest-batch requests one agent keeps in flight.
 
-What Vector's ARC does (``src/sinks/util/adaptive_concurrency/controller.rs``): it starts at
-a limit of 1 and works in windows one past RTT long. Each window averages the RTTs of the
-successful answers; the baseline ("past RTT") is an EWMA (alpha 0.4) of those window means,
-with their variance. At the end of a window it adds 1 to the limit (additive increase) when
-the limit was reached during the window, no back-pressure was seen and the window's mean RTT
-is at most the baseline mean; it multiplies the limit by ``decrease_ratio`` (0.9, rounded
-down, never below 1) when back-pressure was seen (429/503/timeout, i.e. a retriable answer)
-or when the window's mean RTT is at least the baseline mean plus 2.5 standard deviations.
+Vector's adaptive request concurrency (ARC) is the model; the design, what this does
+differently and why, is in docs/concurrency.md. In short (each point has a test):
 
-What this controller does differently, and why (each point has a test):
-
-- **Memory of the best RTT.** The baseline is the *lowest* RTT seen over a long horizon
-  (``rtt_min_horizon_s``, 5 minutes), not an EWMA of recent windows. ARC's EWMA follows a
-  queue that builds slowly, so sustained queueing becomes the new normal and the limit stops
-  falling; a minimum does not drift up with queueing, only when a server has been slower for
-  the whole horizon (so a server that really became slower is re-learned).
-- **Flat but slow still grows.** "Near the baseline" is a ratio (``grow_tolerance``, 1.25),
-  not "at most the mean": a server that answers every request in 300 ms whatever the
-  concurrency lets the limit reach the cap. ARC's "current <= past mean" fails about every
-  other window from noise alone.
-- **Fast ramp-up.** Slow start: the limit doubles per window (1 -> 2 -> 4 -> 8) until the first
-  cut, then grows by 1 per window. ARC needs one window per step from 1.
-- **A window judges only its own limit.** A window closes after at least one RTT and a full
-  round of requests started at the current limit; answers to requests started before the
-  limit last changed do not count (ARC judges a new limit by what the old one produced).
-- **One outlier is not a trend.** A window is judged by its low median, and a cut for RTT
-  needs ``rtt_patience`` (2) congested windows in a row.
-- **One cut per congestion event.** Each request carries the epoch (number of cuts) it
-  started in; back-pressure on a request started before the latest cut is old news and does
-  not cut again (TCP's fast recovery): eight 503s from one burst halve the limit once.
-- **Batch size is not congestion.** A batch of 500 entries takes longer than one of 50 on a
-  server that classifies every entry. RTTs are compared with the best RTT of the same size
-  class (powers of two of ``size``), bounded by what other classes imply (a bigger batch is
-  never faster; one k times bigger takes at most k times as long).
-- **Explicit back-pressure cuts harder.** 429/503/timeout/refused halve the window
-  (``backpressure_ratio`` 0.5); a rising RTT cuts it by ``rtt_ratio`` (0.75). With a cap of
-  8, ARC's 0.9 rounded down is a decrease by 1: additive, not multiplicative.
-- **Random refusals are not overload.** At one request in flight and below, back-pressure
-  cuts only when at least ``pace_share`` (half) of the last 40 answers (20 at least) were
-  busy: a server
-  that answers 20 % of requests 503 at a flat RTT gets its batches retried, not an agent
-  that idles between requests.
-- **An outage is one event per 30 s.** Refused/reset connections cut at most once per
-  ``down_period_s`` (30 s, or ``max_gap_s`` if longer), and the first cut of an outage stops
-  at one request in flight: a 10 s outage (a restart) costs one halving and the backlog drains
-  at speed after it; a 10-minute one twenty, so that a fleet comes back paced.
-  The count follows how long the server was away, not how often the agent retried: with
-  ``retry_interval: 1`` a cut per retry made a 10 s outage ten halvings and a lone agent
-  drained its backlog at one batch a second.
-
-Below one request in flight: pacing. The *limit* never goes below 1, but the *window* does.
-A fleet needs it: 10,000 agents that each keep one request in flight keep 10,000 requests at
-a server that serves 400 a second; it queues 25 s or turns most away (bench/FLEET_SIM.md:
-42 % rejected, 2.8-4.1x capacity offered). At a window w < 1 the agent is in flight a share w of
-the time: after an answer it idles ``(1/w - 1)`` x that batch size's best RTT, at most
-``max_gap_s`` (the floor: one request per ``max_gap_s``, whatever the size), jittered x0.5-1.5
-after the cap so that agents never line up on it. Below 1 the queueing delay an agent sees
-(RTT - best) is the fleet's, not its own, and it sees it once per gap (up to 45 s); so the
-window steers it towards ``paced_delay_s`` (2 s) rather than towards "no queue": a small
-standing queue keeps the server busy while thousands of agents react slowly. The window
-moves by at most ``paced_gain`` (25 %) per ``paced_horizon_s`` (20 s) whatever the answer
-rate (steps per answer compound and overshoot), and is kept as a multiple of the floor, which
-follows the baselines. Back-pressure still halves it, when half the recent answers are busy.
-
-Signals. ``Signal.BACKPRESSURE``: the server (or the path to it) is overloaded: HTTP 429, 503,
-504, 408 and 502 (a gateway whose upstream is down), a read timeout.
-``Signal.UNREACHABLE``: connection refused/reset (a server that refuses or drops connections
-is down or shedding load; after a long outage the fleet comes back paced, not with one
-request per agent). ``Signal.ERROR``: an answer that says nothing about load, neither a cut
-nor an RTT sample: other 4xx (400/413/422, 401/403, 404), 500 and other 5xx, a redirect, DNS
-and TLS failures (configuration, not load). ``signal_for_status`` maps an HTTP status; the
-transport maps its exceptions alike.
+- the baseline is the *lowest* RTT over ``rtt_min_horizon_s`` (5 min), per batch-size class,
+  not an EWMA that drifts up with a slowly building queue;
+- the limit grows while a window's low-median RTT stays within ``grow_tolerance`` (1.25x) of
+  it, doubling until the first cut (slow start), then by 1; a window judges only requests
+  started at its own limit;
+- 429/503/504/408/502 and timeouts halve it (``backpressure_ratio``), an RTT above
+  ``cut_tolerance`` for ``rtt_patience`` windows cuts by ``rtt_ratio``; one cut per
+  congestion event (requests carry the epoch they started in);
+- refused connections cut at most once per ``down_period_s`` (30 s), the first cut of an
+  outage stopping at one request in flight: a restart costs one halving;
+- below one request in flight the *window* paces the agent (idle ``(1/w - 1)`` x the best RTT
+  between requests, at most ``max_gap_s``, jittered after the cap), steering towards a small
+  standing queue (``paced_delay_s``) so that 10,000 agents do not swamp a server; there,
+  back-pressure cuts only when half of the last 40 answers (20 at least) were busy, so random
+  refusals are retried rather than idled on.
 
 Using it: ``try_start()`` hands out a ``Ticket`` or None; when None, ``wait_s()`` says how
 long until one may be free (``math.inf``: when an answer comes). ``finished(ticket, signal,
-size=entries)`` settles it. Invariants (tests/test_concurrency.py): ``1 <= limit <=
-max_limit``; ``window <= max_limit`` and ``window > 0``; ``in_flight`` counts tickets handed
-out and not finished; a ticket is finished exactly once. The object is pure (no sleeping, no
-threads, no I/O; time and randomness are handed in) and each public method holds one lock
-for a few arithmetic steps, so the sending threads can share it.
+size=entries)`` settles it (``forwarder/signals.py``: what an answer says about load).
+Invariants (tests/test_concurrency.py): ``1 <= limit <= max_limit``; ``window <= max_limit``
+and ``window > 0``; ``in_flight`` counts tickets handed out and not finished; a ticket is
+finished exactly once. The object is pure (no sleeping, no threads, no I/O; time and
+randomness are handed in) and each public method holds one lock for a few arithmetic steps,
+so the sending threads can share it.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 import random
 import threading
@@ -93,6 +39,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import median_low
+
+from forwarder.signals import Signal
 
 DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_INITIAL_LIMIT = 1
@@ -115,26 +63,6 @@ DEFAULT_PACE_SHARE = 0.5  # at 1 in flight, pace only when this share of answers
 _SHARE_MEMORY = 40  # answers the share is taken over: 8 of 40 expected at 20 % random 503s,
 _SHARE_MIN = 20  # and 20 of 40 a chance of 1e-4 (10 of 20: 3e-3, met once in a long run)
 _MAX_WINDOW_SAMPLES = 256
-
-BACKPRESSURE_STATUSES = frozenset({408, 429, 502, 503, 504})
-
-
-class Signal(enum.Enum):
-    """What one finished request says about the server's load."""
-
-    OK = "ok"  # a 2xx: the RTT is a sample
-    BACKPRESSURE = "backpressure"  # 408/429/502/503/504, a timeout
-    UNREACHABLE = "unreachable"  # refused/reset: down or shedding connections
-    ERROR = "error"  # any other failure: no sample, no cut
-
-
-def signal_for_status(status: int) -> Signal:
-    """The signal an HTTP status carries (exceptions: see the module docstring)."""
-    if 200 <= status < 300:
-        return Signal.OK
-    if status in BACKPRESSURE_STATUSES:
-        return Signal.BACKPRESSURE
-    return Signal.ERROR
 
 
 @dataclass(frozen=True)

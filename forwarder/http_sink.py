@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from forwarder.concurrency import Signal, signal_for_status
 from forwarder.encode import encode_batch
 from forwarder.outcome import Decision, Outcome, classify, unanswered
 from forwarder.registrar import AgentInfo
+from forwarder.signals import Signal, signal_for_status
 from forwarder.sink import Delivery
 from forwarder.transport import Transport
 from ila_core.errors import TransientSendError

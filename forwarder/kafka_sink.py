@@ -28,7 +28,6 @@ import functools
 import importlib.util
 import json
 import logging
-import re
 import ssl
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import structlog
 
 from forwarder.encode import message_body
+from forwarder.kafka_reports import NO_TOPIC, Reports, judge, no_topic_text, steady_text
 from forwarder.sink import CONFIRMED, Delivery, Result, Verdict, per_message
 from ila_core.settings import SettingsReader
 from queue_store.records import Entry
@@ -56,17 +56,8 @@ DEFAULT_DELIVERY_TIMEOUT = 30.0  # seconds: librdkafka's message.timeout.ms
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default, just under the broker's
 PROBE_TIMEOUT = 2.0  # seconds for the metadata request that checks brokers and topic
 POLL_S = 0.1  # the reports thread's poll; reports are served as soon as they come
-# The part of librdkafka's error texts that changes from one attempt to the next.
-_VOLATILE = re.compile(r" \(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)")
 REPORT_MARGIN = 5.0  # a batch waits this long past delivery_timeout for its last report
 LINGER_MS = 5  # batches from several sending threads share a request
-
-# By code, since no delivery-report error is retriable(): these are refused for good.
-_REFUSED = frozenset({"MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD"})
-_NO_TOPIC = frozenset({"UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"})
-# Sent and not answered in time (congestion: the forwarder sends less) / not sent at all.
-_LATE = frozenset({"_MSG_TIMED_OUT", "_TIMED_OUT", "REQUEST_TIMED_OUT"})
-_DOWN = frozenset({"_TRANSPORT", "_ALL_BROKERS_DOWN", "_PURGE_QUEUE", "_PURGE_INFLIGHT"})
 
 
 @dataclass(frozen=True)
@@ -206,34 +197,6 @@ def read_secret(path: str) -> str:
         return f.read().strip()
 
 
-class _Reports:
-    """One batch's delivery reports, filled in by librdkafka's callbacks (any thread)."""
-
-    def __init__(self, n: int) -> None:
-        self.results: list[Result | None] = [None] * n
-        self.left = n
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.closed = False
-        if n == 0:
-            self.done.set()
-
-    def put(self, i: int, result: Result) -> None:
-        with self.lock:
-            if self.closed or self.results[i] is not None:
-                return  # the batch was given up on: a late report changes nothing
-            self.results[i] = result
-            self.left -= 1
-            if self.left == 0:
-                self.done.set()
-
-    def close(self, missing: Result) -> list[Result]:
-        """The results; a message without a report counts as ``missing``."""
-        with self.lock:
-            self.closed = True
-            return [r if r is not None else missing for r in self.results]
-
-
 class KafkaSink:
     """Produces each entry as one message; ``send`` blocks until every message of the batch
     has its delivery report (at most ``delivery_timeout`` plus a margin)."""
@@ -322,7 +285,7 @@ class KafkaSink:
     def _note_problem(self, code: str, text: str) -> None:
         # librdkafka repeats its errors (every connection attempt, alternating codes): each
         # kind is said once until a batch gets through again.
-        text = _VOLATILE.sub("", text)
+        text = steady_text(text)
         if code not in self._said:
             self._said.add(code)
             log.warning("kafka_error", bootstrap=self.spec.bootstrap_servers, error=text)
@@ -339,7 +302,7 @@ class KafkaSink:
             if problem is not None:
                 self._stale = True
                 return per_message([problem] * n)
-        reports = _Reports(n)
+        reports = Reports(n)
         with self._lock:  # never on a producer being replaced (its messages would be lost)
             producer = self._producer
             if producer is None:
@@ -389,31 +352,13 @@ class KafkaSink:
                     self._stale = True
                 return self._judge(err)
 
-    def _report(self, reports: _Reports, i: int, err: KafkaError | None, _msg: Message) -> None:
+    def _report(self, reports: Reports, i: int, err: KafkaError | None, _msg: Message) -> None:
         """librdkafka's delivery callback; must not raise (it would surface in poll)."""
         reports.put(i, CONFIRMED if err is None else self._judge(err))
 
     def _judge(self, err: KafkaError) -> Result:
-        code = err.name()
-        if code in _REFUSED:
-            return Result(Verdict.REFUSED, f"Kafka refused the message: {code}")
-        if code in _NO_TOPIC:
-            return Result(Verdict.FAILED, self._no_topic())
-        if code == "_MSG_TIMED_OUT":
-            why = self._problem or "no error reported"
-            limit = self.spec.delivery_timeout
-            return Result(Verdict.LATE, f"Kafka did not confirm within {limit:g} s: {why}")
-        if code in _LATE:
-            return Result(Verdict.LATE, f"Kafka delivery failed: {code}: {err.str()}")
-        if code in _DOWN:
-            return Result(Verdict.DOWN, f"Kafka delivery failed: {code}: {err.str()}")
-        return Result(Verdict.FAILED, f"Kafka delivery failed: {code}: {err.str()}")
-
-    def _no_topic(self) -> str:
-        return (
-            f"Kafka topic {self.spec.topic} does not exist: create it "
-            "(the agent never creates topics)"
-        )
+        return judge(err.name(), err.str(), topic=self.spec.topic, problem=self._problem,
+                     delivery_timeout=self.spec.delivery_timeout)  # fmt: skip
 
     def _probe(self) -> Result | None:
         """Brokers reachable and the topic there: None; else why not (for the whole batch)."""
@@ -434,8 +379,8 @@ class KafkaSink:
                           f"unreachable: {why}")  # fmt: skip
         topic = meta.topics.get(self.spec.topic)
         error = None if topic is None else topic.error
-        if topic is None or (error is not None and error.name() in _NO_TOPIC):
-            return Result(Verdict.FAILED, self._no_topic())
+        if topic is None or (error is not None and error.name() in NO_TOPIC):
+            return Result(Verdict.FAILED, no_topic_text(self.spec.topic))
         if error is not None:
             return Result(Verdict.FAILED, f"Kafka topic {self.spec.topic}: {error.name()}: "
                           f"{error.str()}")  # fmt: skip

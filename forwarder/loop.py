@@ -21,12 +21,13 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from forwarder.concurrency import ConcurrencyController, Signal, Ticket
+from forwarder.concurrency import ConcurrencyController, Ticket
 from forwarder.health import SendHealth
 from forwarder.outcome import FAILURE_KINDS, Outcome, failure_kind
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
 from forwarder.senders import InlineExecutor
+from forwarder.signals import Signal
 from forwarder.sink import Delivery, Sink
 from ila_core.clock import Clock
 from ila_core.counters import Counts, Histogram

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from forwarder.concurrency import Signal
 from forwarder.outcome import Decision, Outcome
+from forwarder.signals import Signal
 from queue_store.records import Entry
 
 

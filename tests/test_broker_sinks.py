@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from forwarder.concurrency import Signal
 from forwarder.kafka_sink import KafkaOutput, KafkaSink
 from forwarder.nats_sink import NatsOutput, NatsSink
 from forwarder.outcome import Outcome
 from forwarder.outputs import parse_output
+from forwarder.signals import Signal
 from forwarder.sink import Delivery
 from ila_core.errors import ConfigError
 from ila_core.settings import SettingsReader

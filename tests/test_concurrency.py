@@ -19,10 +19,9 @@ from forwarder.concurrency import (
     DEFAULT_MAX_GAP_S,
     ConcurrencyController,
     ConcurrencySnapshot,
-    Signal,
     Ticket,
-    signal_for_status,
 )
+from forwarder.signals import Signal, signal_for_status
 
 RttOf = Callable[[int, float], float]  # (in flight at start, time) -> seconds
 

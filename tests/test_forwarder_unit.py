@@ -20,7 +20,7 @@ import pytest
 import requests
 from structlog.testing import capture_logs
 
-from forwarder.concurrency import ConcurrencyController, Signal
+from forwarder.concurrency import ConcurrencyController
 from forwarder.encode import batch_id_of
 from forwarder.heartbeat import Heartbeat
 from forwarder.http_sink import HttpSink
@@ -28,6 +28,7 @@ from forwarder.loop import IDLE_WAIT, UNREGISTERED_WAIT, Forwarder
 from forwarder.outcome import Decision, Outcome
 from forwarder.registrar import Registrar
 from forwarder.retry import RetryPolicy
+from forwarder.signals import Signal
 from forwarder.sink import Delivery
 from forwarder.transport import Transport, TransportSettings
 from ila_agent.version import USER_AGENT

@@ -66,18 +66,23 @@ def discover(
     *,
     known: Container[str] = (),
     globber: Globber | None = None,
-) -> dict[str, FileSource]:
-    """{path: its source} for every regular file matching a configured path or glob. Paths
-    in ``known`` (files being read) are taken as they are, without a stat."""
+) -> tuple[dict[str, FileSource], bool]:
+    """{path: its source} for every regular file matching a configured path or glob, and
+    whether every path a glob listed was one (a dangling symlink may become one without its
+    folder changing). Paths in ``known`` (files being read) are taken as they are."""
     found: dict[str, FileSource] = {}
+    all_files = True
     glob_of = globber.names if globber is not None else _glob
     for src in sources:
         paths = glob_of(src.pattern) if has_magic(src.pattern) else [src.pattern]
         for path in paths:
-            if path in found or (path not in known and not os.path.isfile(path)):
+            if path in found:
+                continue
+            if path not in known and not os.path.isfile(path):
+                all_files = all_files and not has_magic(src.pattern)
                 continue
             found[path] = src
-    return found
+    return found, all_files
 
 
 def _glob(pattern: str) -> list[str]:
@@ -98,6 +103,11 @@ class Globber:
         self.wall = wall
         self._listed: dict[str, tuple[tuple[int, int, int], list[str]]] = {}
 
+    def unchanged(self, pattern: str) -> bool:
+        """The glob would list what it listed last time (its folder has not moved)."""
+        listed = self._listed.get(pattern)
+        return listed is not None and listed[0] == _stamp(os.path.dirname(pattern) or ".")
+
     def names(self, pattern: str) -> list[str]:
         folder = os.path.dirname(pattern) or "."
         if has_magic(folder):
@@ -117,6 +127,14 @@ class Globber:
         else:
             self._listed.pop(pattern, None)
         return names
+
+
+def _stamp(folder: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
 def matching(sources: Iterable[FileSource], path: str) -> FileSource | None:

@@ -62,6 +62,7 @@ class FileTable:
             self._saved.setdefault((cp.file_id.dev, cp.file_id.ino), []).append(cp)
         self._problems: dict[str, str] = {}  # path → problem already reported
         self.globber = Globber()
+        self._all_read = False  # the last discovery opened every file it found
         self._new_sources: set[str] = set()  # sources of files opened since the last take
 
     # -- finding --------------------------------------------------------------------------
@@ -94,7 +95,9 @@ class FileTable:
     def discover(self, *, at_startup: bool, first_seen: set[FileSource] | None = None) -> None:
         """Match every path and glob again; open the files not read yet. Files of a source
         seen for the first time (``first_seen``, a reload) follow start_position."""
-        found = discover(self.sources, known=self.active, globber=self.globber)
+        if not at_startup and first_seen is None and self._settled():
+            return  # every folder as it was, every file found is being read: nothing new
+        found, all_files = discover(self.sources, known=self.active, globber=self.globber)
         with_files = {id(src) for src in found.values()}
         for src in self.sources:
             if src.pattern in found:
@@ -110,6 +113,17 @@ class FileTable:
             if path not in self.active:
                 first = at_startup or (first_seen is not None and src in first_seen)
                 self.open_path(path, src, at_startup=first, first_seen=first_seen is not None)
+        self._all_read = all_files and all(path in self.active for path in found)
+
+    def _settled(self) -> bool:
+        """The last discovery opened every file it found, and it would find the same now:
+        each source a file being read, or a glob whose folder has not moved."""
+        return self._all_read and all(
+            src.pattern in self.active
+            if not has_magic(src.pattern)
+            else self.globber.unchanged(src.pattern)
+            for src in self.sources
+        )
 
     def found(self, path: str) -> None:
         """A path an event named: read it if a configured path or glob matches it."""

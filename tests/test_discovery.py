@@ -83,6 +83,24 @@ class TestQuietFolders:
         age(tmp_path, 10)
         assert g.names(pattern) == [str(tmp_path / h / "x.log") for h in ("h1", "h2")]
 
+    def test_a_dangling_symlink_is_read_once_its_target_appears(
+        self, tmp_path: Path, open_buffer: Callable[..., QueueStore]
+    ) -> None:
+        logs = tmp_path / "logs"
+        files(logs, "a.log")
+        (logs / "b.log").symlink_to(tmp_path / "elsewhere.log")
+        age(logs, 10)  # a quiet folder: its listing is trusted from now on
+        c = make(open_buffer(), [str(logs / "*.log")], poll_interval=0.0, use_inotify=False)
+        try:
+            c.start_up()
+            c.step()
+            assert set(c.active) == {str(logs / "a.log")}
+            (tmp_path / "elsewhere.log").write_text("at last\n")  # the folder does not move
+            c.step()
+            assert set(c.active) == {str(logs / "a.log"), str(logs / "b.log")}
+        finally:
+            c.close()
+
     def test_a_glob_with_files_is_not_reported_as_waiting(
         self, tmp_path: Path, open_buffer: Callable[..., QueueStore]
     ) -> None:
@@ -150,9 +168,11 @@ class TestStatPassBudget:
             c.close()
 
 
-def make(store: QueueStore, patterns: list[str]) -> Collector:
+def make(
+    store: QueueStore, patterns: list[str], *, poll_interval: float = 1.0, use_inotify: bool = True
+) -> Collector:
     return Collector(
         store, [FileSource(pattern=p) for p in patterns], batch_size=50, max_line_bytes=1000,
-        partial_line_timeout=5, start_position="beginning", poll_interval=1.0, clock=Clock(),
-        first_start=True,
+        partial_line_timeout=5, start_position="beginning", poll_interval=poll_interval,
+        clock=Clock(), first_start=True, use_inotify=use_inotify,
     )  # fmt: skip

@@ -86,6 +86,7 @@ class FileTable:
     def _set_aside(self, t: Tailer) -> None:
         """Stop reading ``t`` but keep where it stands, for when a source names it again."""
         self.active.pop(t.path, None)
+        self._all_read = False
         if t.file_id is not None:
             cp = Checkpoint(t.file_id, t.generation, t.committed, t.path, t.source, t.epoch)
             self._saved.setdefault(t.inode, []).append(cp)
@@ -272,6 +273,9 @@ class FileTable:
     def _retire(self, t: Tailer, now: float, why: str) -> None:
         """The path no longer names this file: read it to its end, then let it go."""
         self.active.pop(t.path, None)
+        # The next discovery looks again: opening the path's new file may fail (no
+        # descriptor) in a folder whose listing is cached, and no event may come for it.
+        self._all_read = False
         if not t.is_open:
             found = _find_by_inode(os.path.dirname(t.path) or ".", t.inode)
             if found is None:

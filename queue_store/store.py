@@ -42,6 +42,9 @@ log = structlog.get_logger("queue_store")
 LOCKED_RETRIES = 20  # × SQLite's 30 s busy wait: ten minutes before a commit gives up
 
 
+CLEANUP_PASS_MAX_S = 3600.0  # cleanup reads the acked history at least this often
+
+
 class QueueStore(BufferFile):
     """The buffer file: items, read positions and counters, owned by one process."""
 
@@ -66,6 +69,7 @@ class QueueStore(BufferFile):
         with self._read() as db:
             self._total_bytes = budget.total_bytes(db)
         self._acked_since = -math.inf  # every acked item is at least this recent (cleanup)
+        self._last_pass_at = -math.inf  # wall time of cleanup's last pass over the history
 
     # -- the durable boundary -------------------------------------------------------------
 
@@ -289,22 +293,32 @@ class QueueStore(BufferFile):
         """Forget acked items older than the retention window; re-sync the byte count.
 
         ``acked_at`` has no index (it would cost every ack a write), so a pass reads every
-        acked row: it runs only when the oldest acked item may have expired, which it knows
-        from the last pass (items acked since have a later ``acked_at``)."""
+        acked row: it runs when the oldest acked item may have expired, which it knows from
+        the last pass (items acked since have a later ``acked_at``), and at least every
+        ``CLEANUP_PASS_MAX_S`` or when the wall clock went back (items released from a lease
+        keep their old ``acked_at``; a clock stepped back makes new ones look older). The
+        byte count is re-synced at every call (an index-only sum)."""
         now = self.clock.wall()
         cutoff = now - self.acked_retention_s
-        if cutoff <= self._acked_since:
-            return  # nothing acked before the cutoff: no pass over 24 h of history
+        due = (
+            cutoff > self._acked_since
+            or now < self._last_pass_at
+            or now - self._last_pass_at >= CLEANUP_PASS_MAX_S
+        )
         with self._write() as db:
-            db.execute(
-                f"DELETE FROM {TABLE} WHERE status IN (?, ?) AND acked_at < ?",
-                (ACKED, EXPORTED, cutoff),
-            )
-            (oldest,) = db.execute(
-                f"SELECT MIN(acked_at) FROM {TABLE} WHERE status IN (?, ?)", (ACKED, EXPORTED)
-            ).fetchone()
+            if due:
+                db.execute(
+                    f"DELETE FROM {TABLE} WHERE status IN (?, ?) AND acked_at < ?",
+                    (ACKED, EXPORTED, cutoff),
+                )
+                (oldest,) = db.execute(
+                    f"SELECT MIN(acked_at) FROM {TABLE} WHERE status IN (?, ?)",
+                    (ACKED, EXPORTED),
+                ).fetchone()
             self._total_bytes = budget.total_bytes(db)
-        self._acked_since = now if oldest is None else min(float(oldest), now)
+        if due:
+            self._acked_since = now if oldest is None else min(float(oldest), now)
+            self._last_pass_at = now
 
     def set_meta(self, key: str, value: str | None) -> None:
         with self._settle() as db:

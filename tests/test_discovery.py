@@ -20,6 +20,7 @@ from collector.discovery import FileSource, Globber
 from collector.watcher import Watcher
 from ila_core.clock import Clock
 from queue_store.store import QueueStore
+from tests.fakes import FakeClock, drain
 
 
 def files(folder: Path, *names: str) -> None:
@@ -100,6 +101,39 @@ class TestQuietFolders:
             assert set(c.active) == {str(logs / "a.log"), str(logs / "b.log")}
         finally:
             c.close()
+
+    def test_a_rotated_path_is_read_again_when_its_first_open_was_refused(
+        self, tmp_path: Path, open_buffer: Callable[..., QueueStore]
+    ) -> None:
+        """logrotate's create in a quiet folder whose listing is cached, no inotify, one
+        descriptor: the new a.log cannot be opened while the old one is finished, and no
+        event will name it; the next discovery must look again."""
+        logs = tmp_path / "logs"
+        files(logs, "a.log")
+        age(logs, 10)
+        store = open_buffer()
+        clock = FakeClock()
+        c = Collector(
+            store, [FileSource(pattern=str(logs / "*.log"))], batch_size=50,
+            max_line_bytes=1000, partial_line_timeout=5, start_position="beginning",
+            poll_interval=5.0, clock=clock, first_start=True, use_inotify=False,
+            max_open_files=1,
+        )  # fmt: skip
+        try:
+            c.start_up()
+            c.step()
+            (logs / "a.log").rename(logs / "a.log-20261130")
+            (logs / "a.log").write_text("new 0\n")
+            age(logs, 3)  # the folder is quiet again before the next listing
+            for i in range(1, 40):
+                clock.advance(5.0)
+                with open(logs / "a.log", "a") as f:
+                    f.write(f"new {i}\n")
+                c.step()
+            texts = [e.log_text for e in drain(store)]
+        finally:
+            c.close()
+        assert texts == ["a line", *(f"new {i}" for i in range(40))]
 
     def test_a_glob_with_files_is_not_reported_as_waiting(
         self, tmp_path: Path, open_buffer: Callable[..., QueueStore]

@@ -171,6 +171,37 @@ class TestRetention:
         s.cleanup()
         assert s.stats().acked_kept == 0
 
+    def test_a_clock_stepped_back_does_not_stop_the_cleanup(self, open_buffer: OpenBuffer) -> None:
+        clock = FakeClock()
+        s = open_buffer(acked_retention_s=3600.0, clock=clock)
+        real = clock.wall()
+        clock.set_wall(real + 30 * 86400)  # a clock 30 days ahead at boot: a pass runs
+        s.cleanup()
+        clock.set_wall(real)  # then NTP steps it back
+        LogFeed(s).commit(lines(5))
+        drain(s)
+        clock.advance(2 * 3600)
+        s.cleanup()
+        assert s.stats().acked_kept == 0
+
+    def test_the_byte_count_is_resynced_when_nothing_expires(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
+        clock = FakeClock()
+        s = open_buffer(
+            acked_retention_s=86400.0, clock=clock, full_policy="block", max_bytes=10**6
+        )
+        s.cleanup()
+        LogFeed(s).commit(lines(50))
+        lease = s.lease(1000)
+        assert lease is not None
+        lease.settle((), lease.entries)  # every entry refused: dead letters, written by ack
+        clock.advance(3600)
+        s.cleanup()  # nothing can have expired: no pass over the history, but a recount
+        with sqlite3.connect(tmp_path / "b.db") as db:
+            (actual,) = db.execute(f"SELECT SUM(n_bytes) FROM {TABLE}").fetchone()
+        assert s.fits(10**6 - actual) and not s.fits(10**6 - actual + 1)
+
 
 class TestBudget:
     def test_drop_oldest_counts_every_drop(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:

@@ -106,30 +106,25 @@ class Globber:
     def unchanged(self, pattern: str) -> bool:
         """The glob would list what it listed last time (its folder has not moved)."""
         listed = self._listed.get(pattern)
-        return listed is not None and listed[0] == _stamp(os.path.dirname(pattern) or ".")
+        return listed is not None and listed[0] == _stamp(pattern)
 
     def names(self, pattern: str) -> list[str]:
-        folder = os.path.dirname(pattern) or "."
-        if has_magic(folder):
-            return _glob(pattern)
-        try:
-            st = os.stat(folder)
-        except OSError:
-            self._listed.pop(pattern, None)
-            return _glob(pattern)
-        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
-        listed = self._listed.get(pattern)
-        if listed is not None and listed[0] == stamp:
+        stamp = _stamp(pattern)
+        listed = self._listed.pop(pattern, None)
+        if stamp is not None and listed is not None and listed[0] == stamp:
+            self._listed[pattern] = listed
             return listed[1]
         names = _glob(pattern)
-        if st.st_mtime_ns / 1e9 < self.wall() - self.RACY_S:
+        if stamp is not None and stamp[2] / 1e9 < self.wall() - self.RACY_S:
             self._listed[pattern] = (stamp, names)
-        else:
-            self._listed.pop(pattern, None)
         return names
 
 
-def _stamp(folder: str) -> tuple[int, int, int] | None:
+def _stamp(pattern: str) -> tuple[int, int, int] | None:
+    """(dev, ino, mtime_ns) of the pattern's folder; None when it has wildcards or is gone."""
+    folder = os.path.dirname(pattern) or "."
+    if has_magic(folder):
+        return None
     try:
         st = os.stat(folder)
     except OSError:

@@ -40,8 +40,6 @@ from queue_store.stats import BufferStats
 log = structlog.get_logger("queue_store")
 
 LOCKED_RETRIES = 20  # × SQLite's 30 s busy wait: ten minutes before a commit gives up
-
-
 CLEANUP_PASS_MAX_S = 3600.0  # cleanup reads the acked history at least this often
 
 

@@ -113,12 +113,8 @@ class TestQuietFolders:
         age(logs, 10)
         store = open_buffer()
         clock = FakeClock()
-        c = Collector(
-            store, [FileSource(pattern=str(logs / "*.log"))], batch_size=50,
-            max_line_bytes=1000, partial_line_timeout=5, start_position="beginning",
-            poll_interval=5.0, clock=clock, first_start=True, use_inotify=False,
-            max_open_files=1,
-        )  # fmt: skip
+        c = make(store, [str(logs / "*.log")], poll_interval=5.0, use_inotify=False,
+                 clock=clock, max_open_files=1)  # fmt: skip
         try:
             c.start_up()
             c.step()
@@ -203,10 +199,17 @@ class TestStatPassBudget:
 
 
 def make(
-    store: QueueStore, patterns: list[str], *, poll_interval: float = 1.0, use_inotify: bool = True
+    store: QueueStore,
+    patterns: list[str],
+    *,
+    poll_interval: float = 1.0,
+    use_inotify: bool = True,
+    clock: Clock | None = None,
+    max_open_files: int | None = None,
 ) -> Collector:
     return Collector(
         store, [FileSource(pattern=p) for p in patterns], batch_size=50, max_line_bytes=1000,
         partial_line_timeout=5, start_position="beginning", poll_interval=poll_interval,
-        clock=Clock(), first_start=True, use_inotify=use_inotify,
+        clock=clock or Clock(), first_start=True, use_inotify=use_inotify,
+        max_open_files=max_open_files,
     )  # fmt: skip

@@ -378,6 +378,21 @@ def ensure_agent_python(requested: str | None) -> str:
 _AGENT_SRC = [ROOT]  # the source tree the agent runs from; --agent-src changes it
 
 
+AGENT_PACKAGES = ("ila_agent", "ila_core", "collector", "forwarder", "queue_store")
+
+
+def compile_agent(python: str) -> None:
+    """Byte-compile the agent's sources once, as an installed package is: otherwise, with
+    PYTHONDONTWRITEBYTECODE set, every agent start compiles them again (~0.1 s)."""
+    dirs = [os.path.join(_AGENT_SRC[0], p) for p in AGENT_PACKAGES]
+    subprocess.run(
+        [python, "-m", "compileall", "-q", *[d for d in dirs if os.path.isdir(d)]],
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def agent_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("ILA_AGENT_API_KEY", None)  # the config's api_key is what we mean
@@ -1204,12 +1219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def make_ctx(args: argparse.Namespace, top: str, receiver: FastReceiver, sng: str) -> Ctx:
+    agent_python = ensure_agent_python(args.python)
+    compile_agent(agent_python)
     return Ctx(
         lines=args.lines,
         input_path=os.path.join(top, "input.log"),
         top_dir=top,
         receiver=receiver,
-        agent_python=ensure_agent_python(args.python),
+        agent_python=agent_python,
         sng_path=sng,
         sng_config_version=syslog_ng_versions(sng)[1],
         run_timeout=args.run_timeout,

@@ -13,6 +13,7 @@ be accepted out of order, each still in order inside.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -216,16 +217,18 @@ class Forwarder:
             # Each item once per replay, even when settling puts it back in a selected state.
             self.selection = replace(self.selection, after_id=max(lease.item_ids))
             return Batch(lease, lease.entries), 0.0
-        lines, oldest = self.store.ready_head(self.batch_size)
-        if lines == 0 or oldest is None:
+        # A partial batch waits until its oldest line is batch_interval old.
+        wall = self.clock.wall()
+        lease, head = self.store.lease_due(
+            self.batch_size,
+            max_bytes=self.batch_max_bytes,
+            committed_by=math.inf if flush else wall - self.batch_interval,
+        )
+        if lease is not None:
+            return Batch(lease, lease.entries), 0.0
+        if head.oldest is None or head.full:  # nothing ready, or another process won it
             return None, IDLE_WAIT
-        age = self.clock.wall() - oldest
-        if not flush and lines < self.batch_size and age < self.batch_interval:
-            return None, self.batch_interval - age
-        lease = self.store.lease(self.batch_size, max_bytes=self.batch_max_bytes)
-        if lease is None:
-            return None, IDLE_WAIT
-        return Batch(lease, lease.entries), 0.0
+        return None, max(0.0, head.oldest + self.batch_interval - wall) or IDLE_WAIT
 
     def _launch(self, batch: Batch, ticket: Ticket) -> None:
         future = self.executor.submit(self.sink.send, batch.entries)

@@ -78,32 +78,48 @@ class Transport:
                 else settings.tls_client_cert
             )
         self._base = settings.server_url.rstrip("/")
+        self._prepared: dict[str, requests.PreparedRequest] = {}
 
     def post_json(self, path: str, payload: dict[str, Any]) -> Reply:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return self.post(path, body)
 
-    def post(self, path: str, body: bytes, idempotency_key: str | None = None) -> Reply:
-        """Send ``body``; raises TransientSendError when no HTTP answer came back."""
-        headers = {
-            "Content-Type": "application/json",
-            "X-API-Key": self.settings.api_key,
-            "User-Agent": self.settings.user_agent,
-        }
+    def _request(
+        self, path: str, body: bytes, idempotency_key: str | None
+    ) -> requests.PreparedRequest:
+        """The POST of ``body`` to ``path``, from a request prepared once per path: requests'
+        own preparation (URL, merging settings and headers) costs ~0.3 ms of CPU per batch.
+        While the server has set cookies, each request is prepared in full to carry them."""
+        prepared = self._prepared.get(path) if not self.session.cookies else None
+        if prepared is None:
+            headers = {
+                "Content-Type": "application/json",
+                "X-API-Key": self.settings.api_key,
+                "User-Agent": self.settings.user_agent,
+            }
+            request = requests.Request("POST", self._base + path, headers=headers, data=b"")
+            prepared = self.session.prepare_request(request)
+            if not self.session.cookies:
+                self._prepared[path] = prepared
+        req = prepared.copy()
         if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
+            req.headers["Idempotency-Key"] = idempotency_key
         if self.settings.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
-            headers["Content-Encoding"] = "gzip"
+            req.headers["Content-Encoding"] = "gzip"
+        req.body = body
+        req.headers["Content-Length"] = str(len(body))
+        return req
+
+    def post(self, path: str, body: bytes, idempotency_key: str | None = None) -> Reply:
+        """Send ``body``; raises TransientSendError when no HTTP answer came back."""
         started = time.monotonic()
         # The whole answer within connect + request timeout, not just each silence.
         deadline = self.settings.connect_timeout + self.settings.request_timeout
         with WATCHDOG.guard(deadline) as guard:
             try:
-                resp = self.session.post(
-                    self._base + path,
-                    data=body,
-                    headers=headers,
+                resp = self.session.send(
+                    self._request(path, body, idempotency_key),
                     timeout=(self.settings.connect_timeout, self.settings.request_timeout),
                     allow_redirects=False,
                     stream=True,

@@ -1,8 +1,9 @@
 """Leases: choosing items to send, taking them, and settling them (ack, release).
 
 An item is leased (``unack``) by one process at a time, with ``owner`` = its pid and
-``leased_from`` = the state it was taken from; settling moves it to acked (the ack), back to
-where it came from (release), or to exported.
+``leased_from`` = the state it was taken from; settling moves it to acked (the ack, which
+leaves both as they were: only leased items are asked who owns them), back to where it came
+from (release), or to exported.
 """
 
 from __future__ import annotations
@@ -46,48 +47,45 @@ class Selection:
         return " AND ".join(parts), tuple(params)
 
 
-def ready_head(db: sqlite3.Connection, max_lines: int) -> tuple[int, float | None]:
-    """(lines ready in the first ``max_lines`` worth of items, commit time of the oldest)."""
-    total = 0
-    oldest: float | None = None
-    cursor = db.execute(
-        f"SELECT n_lines, timestamp FROM {TABLE} WHERE status = ? ORDER BY _id LIMIT ?",
-        (READY, max_lines),
-    )
-    for n, ts in cursor:
-        if oldest is None:
-            oldest = ts
-        if total + n > max_lines and total:
-            break
-        total += n
-        if total >= max_lines:
-            break
-    cursor.close()
-    return total, oldest
+@dataclass(frozen=True)
+class Head:
+    """The oldest selected items, as a lease would take them."""
+
+    ids: tuple[int, ...]
+    lines: int
+    oldest: float | None  # commit time of the oldest of them
+    full: bool  # the lease cannot grow: max_lines reached, or the next item does not fit
 
 
 def choose(
     db: sqlite3.Connection, sel: Selection, max_lines: int, max_bytes: int | None = None
-) -> list[int]:
+) -> Head:
     """The oldest selected items, up to ``max_lines`` lines and about ``max_bytes`` of request
     body (the first item always), on the index alone (no blobs)."""
     where, params = sel.where()
     cursor = db.execute(
-        f"SELECT _id, n_lines, n_bytes FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
-        (*params, max_lines),
+        f"SELECT _id, n_lines, n_bytes, timestamp FROM {TABLE} WHERE {where} ORDER BY _id LIMIT ?",
+        (*params, max_lines + 1),  # one item past a full lease: is more waiting behind it?
     )
     ids: list[int] = []
     lines = size = 0
-    for rid, n, nb in cursor:
+    oldest: float | None = None
+    full = False
+    for rid, n, nb, ts in cursor:
         size += body_estimate(n, nb)
+        # An item that does not fit makes the batch as full as it gets: waiting for
+        # batch_interval would only delay it (and the lines behind it).
         if ids and (lines + n > max_lines or (max_bytes is not None and size > max_bytes)):
+            full = True
             break
         ids.append(rid)
         lines += n
+        oldest = ts if oldest is None else oldest
         if lines >= max_lines:
+            full = True
             break
     cursor.close()
-    return ids
+    return Head(tuple(ids), lines, oldest, full)
 
 
 def body_estimate(n_lines: int, n_bytes: int) -> int:
@@ -101,16 +99,23 @@ def blobs(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes]:
     return dict(db.execute(f"SELECT _id, data FROM {TABLE} WHERE _id IN ({marks})", ids))
 
 
-def take(db: sqlite3.Connection, ids: Sequence[int], sel: Selection, owner: int) -> list[int]:
+def take(
+    db: sqlite3.Connection, ids: Sequence[int], sel: Selection, owner: int, now: float
+) -> list[int]:
     """Lease what is still in a selected state; the ids won. Another process (the agent, a
-    replay, an export) may choose the same items at the same moment: only one wins each."""
+    replay, an export) may choose the same items at the same moment: only one wins each.
+
+    ``acked_at`` gets the lease time: then the ack changes no column's size, and SQLite
+    rewrites the row in place instead of copying its data blob (a 60 KB item: ~0.9 ms less
+    per ack). Only acked and exported items are ever aged by ``acked_at``.
+    """
     marks = ",".join("?" * len(sel.statuses))
     won: list[int] = []
     for i in ids:
         cur = db.execute(
-            f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ?"
+            f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ?, acked_at = ?"
             f" WHERE _id = ? AND status IN ({marks})",
-            (UNACK, owner, i, *sel.statuses),
+            (UNACK, owner, now, i, *sel.statuses),
         )
         if cur.rowcount == 1:
             won.append(i)
@@ -118,8 +123,15 @@ def take(db: sqlite3.Connection, ids: Sequence[int], sel: Selection, owner: int)
 
 
 def ack_items(db: sqlite3.Connection, ids: Sequence[int], now: float) -> None:
-    """The ack: delivered items become acked history (kept for the retention window)."""
-    set_status(db, ids, ACKED, now)
+    """The ack: delivered items become acked history (kept for the retention window).
+
+    ``owner`` and ``leased_from`` stay as the lease left them (only leased items are asked
+    who owns them): the row keeps its size and is rewritten in place (see ``take``).
+    """
+    db.executemany(
+        f"UPDATE {TABLE} SET status = ?, acked_at = ? WHERE _id = ?",
+        [(ACKED, now, i) for i in ids],
+    )
 
 
 def set_status(db: sqlite3.Connection, ids: Sequence[int], status: int, now: float) -> None:

@@ -186,23 +186,40 @@ class QueueStore(BufferFile):
 
     # -- leasing and settling -------------------------------------------------------------
 
-    def ready_head(self, max_lines: int) -> tuple[int, float | None]:
-        """(lines ready in the first ``max_lines`` worth of items, commit time of the oldest)."""
+    def ready_head(self, max_lines: int, max_bytes: int | None = None) -> leases.Head:
+        """The items the next lease would take, without taking them."""
         with self._read() as db:
-            return leases.ready_head(db, max_lines)
+            return leases.choose(db, Selection(), max_lines, max_bytes)
 
     def lease(
         self, max_lines: int, selection: Selection | None = None, *, max_bytes: int | None = None
     ) -> Lease | None:
         """Mark the oldest selected items (up to ``max_lines`` lines, and about ``max_bytes``
         of request body) in flight, decoded."""
+        return self.lease_due(max_lines, selection, max_bytes=max_bytes)[0]
+
+    def lease_due(
+        self,
+        max_lines: int,
+        selection: Selection | None = None,
+        *,
+        max_bytes: int | None = None,
+        committed_by: float = math.inf,
+    ) -> tuple[Lease | None, leases.Head]:
+        """``lease``, when the items would make a full batch or the oldest was committed by
+        ``committed_by`` (wall time); else None. With what was chosen: one look at the index
+        both decides and takes."""
         sel = selection or Selection()
         with self._write() as db:
-            ids = leases.choose(db, sel, max_lines, max_bytes)
-            if not ids:
-                return None
-            data = leases.blobs(db, ids)
-            won = leases.take(db, ids, sel, os.getpid())
+            head = leases.choose(db, sel, max_lines, max_bytes)
+            if not head.ids or not (head.full or (head.oldest or 0.0) <= committed_by):
+                return None, head
+            data = leases.blobs(db, head.ids)
+            won = leases.take(db, head.ids, sel, os.getpid(), self.clock.wall())
+        return self._decoded(won, data), head
+
+    def _decoded(self, won: list[int], data: dict[int, bytes]) -> Lease | None:
+        """The lease of the items won, decoded; one that does not decode is a dead letter."""
         entries: list[Entry] = []
         bad: list[int] = []
         for rid in won:  # only what we won: another process's entries are never ours to send

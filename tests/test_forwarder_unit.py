@@ -9,6 +9,7 @@ Registrar and a real QueueStore in ``tmp_path``; it then asserts exactly what th
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import Executor, Future
@@ -21,7 +22,7 @@ import requests
 from structlog.testing import capture_logs
 
 from forwarder.concurrency import ConcurrencyController
-from forwarder.encode import batch_id_of
+from forwarder.encode import batch_id_of, encode_batch
 from forwarder.heartbeat import Heartbeat
 from forwarder.http_sink import HttpSink
 from forwarder.loop import IDLE_WAIT, UNREGISTERED_WAIT, Forwarder
@@ -517,7 +518,7 @@ class TestBatchInterval:
     """
 
     def anchor(self, rig: Rig) -> None:
-        _, oldest = rig.store.ready_head(BATCH_SIZE)
+        oldest = rig.store.ready_head(BATCH_SIZE).oldest
         assert oldest is not None
         rig.clock.set_wall(oldest)
 
@@ -542,6 +543,30 @@ class TestBatchInterval:
         rig.adapter.queue(200)
         rig.forwarder.step()
         assert len(rig.ingests()) == 1
+
+    def test_a_batch_the_next_item_cannot_join_goes_at_once(self, rig: Rig) -> None:
+        """3 lines, then an item of 8 (batch_size 8): the 3 cannot grow into a full batch, so
+        they go without waiting for batch_interval, and the 8 right after them."""
+        first = rig.feed.commit(lines(3))
+        second = rig.feed.commit(lines(8, "second"))
+        self.anchor(rig)
+        rig.adapter.queue(200, 200)
+        for _ in range(3):
+            rig.forwarder.step()
+        assert [r.uids for r in rig.ingests()] == [first, second]
+
+    def test_a_batch_at_batch_max_bytes_goes_at_once(self, tmp_path: Path) -> None:
+        """Two lines that together pass batch_max_bytes: the first goes alone, at once."""
+        rig = build_rig(tmp_path, batch_max_bytes=1000)
+        first = rig.feed.commit(["a" * 600])
+        second = rig.feed.commit(["b" * 600])
+        self.anchor(rig)
+        rig.adapter.queue(200, 200)
+        rig.forwarder.step()
+        assert [r.uids for r in rig.ingests()] == [first]
+        rig.clock.advance(BATCH_INTERVAL + 1)  # the second was committed a little later
+        rig.forwarder.step()
+        assert [r.uids for r in rig.ingests()] == [first, second]
 
     def test_flush_sends_a_partial_batch_at_once(self, rig: Rig) -> None:
         """step(flush=True) sends a partial batch without waiting."""
@@ -614,6 +639,26 @@ class TestWireFormat:
                 "event_uid": uids[0],
             }
         ]
+
+    def test_body_bytes_are_the_protocol_json(self) -> None:
+        """The encoder's JSON fragments give exactly ``json.dumps`` of the protocol objects:
+        entries sharing source, timestamp and hostname, changes of each, an entry's own
+        hostname, extra fields, and text that needs escaping."""
+        t1, t2 = "2026-12-01T00:00:00.000Z", "2026-12-01T00:00:01.000Z"
+        entries = [
+            Entry(1, 'quote " and \\ back', "/var/log/a", t1, "u1"),
+            Entry(1, "tab\t nul\x00 é ✓ \U0001f600", "/var/log/a", t1, "u2"),
+            Entry(2, "other source", "/var/log/b", t1, "u3"),
+            Entry(2, "other time", "/var/log/b", t2, "u4"),
+            Entry(3, "own host", "/var/log/b", t2, "u5", "db-01"),
+            Entry(3, "after own host", "/var/log/b", t2, "u6"),
+            Entry(4, "event", "Security", t2, "u7", None, {"event_id": 4625, "level": "x"}),
+            Entry(4, "plain again", "/var/log/b", t2, 'u"8'),
+        ]
+        body = encode_batch(entries, agent_id="agent-é", hostname="web-01").body
+        logs = [e.to_wire("web-01") for e in entries]
+        expected = {"agent_id": "agent-é", "batch_id": batch_id_of(entries), "logs": logs}
+        assert body == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
 
     def test_order_is_commit_order(self, rig: Rig) -> None:
         """Across batches and a retry, entries reach the server in the order committed."""

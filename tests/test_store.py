@@ -120,6 +120,22 @@ class TestLease:
         assert again is not None and [e.log_text for e in again.entries] == ["c"]
         assert again.entries[0].event_uid == event_uid("k:0", 4)
 
+    def test_an_ack_does_not_copy_the_item(self, tmp_path: Path, open_buffer: OpenBuffer) -> None:
+        """Acking a 60 KB item writes a few pages to the WAL, not the item again: the ack
+        changes no column's size, so SQLite updates the row in place."""
+        s = open_buffer()
+        s.commit([chunk([f"{i:05d} " + "x" * 114 for i in range(500)])], cp(60_000))
+        lease = s.lease(500)
+        assert lease is not None and len(lease.entries) == 500
+        wal = Path(f"{s.path}-wal")
+        with sqlite3.connect(s.path) as other:
+            assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        assert wal.stat().st_size == 0
+        lease.settled(lease.entries, dead=False)
+        assert s.stats().pending == 0
+        assert 0 < wal.stat().st_size < 24_000
+        s.close()
+
     def test_lease_respects_max_lines_and_order(
         self, tmp_path: Path, open_buffer: OpenBuffer
     ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import Executor, Future
@@ -37,7 +38,7 @@ from ila_core.clock import rfc3339_ms
 from queue_store.batch import Batch, BatchSettledTwice, Lease
 from queue_store.leases import Selection
 from queue_store.records import Entry
-from queue_store.schema import DEAD
+from queue_store.schema import DEAD, TABLE
 from queue_store.store import QueueStore
 from tests.fakes import (
     FakeClock,
@@ -1040,3 +1041,48 @@ class TestEntryByEntry:
             assert (fwd.sent_lines, fwd.dead_lines) == (3, 1)
         finally:
             store.close()
+
+
+# -- undecodable items ----------------------------------------------------------------------
+
+
+def plant(store: QueueStore, data: bytes) -> None:
+    """A ready row no agent wrote (tampered or damaged), after what is already there."""
+    with sqlite3.connect(store.path) as con:
+        con.execute(
+            f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes) VALUES (?,?,1,1,9)",
+            (data, time.time()),
+        )
+
+
+class TestUndecodable:
+    """A tampered or damaged item in the buffer is set aside; the lines around it go."""
+
+    def test_a_bad_item_is_set_aside_and_its_batch_sent(self, rig: Rig) -> None:
+        """A tampered item between good ones: the good lines go in one request, the bad
+        item becomes a dead letter, and nothing waits (no crash, no pause)."""
+        first = rig.feed.commit(lines(3))
+        plant(rig.store, b"\x80not json")
+        second = rig.feed.commit(lines(2, "second"))
+        rig.adapter.fallback = 200
+        with capture_logs() as logs:
+            rig.forwarder.step(flush=True)
+        assert [r.uids for r in rig.ingests()] == [first + second]
+        stats = rig.store.stats()
+        assert (stats.pending, stats.dead_letter, stats.acked_kept) == (0, 1, 5)
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["item_undecodable"]
+        assert rig.forwarder.paused_until == 0.0 and not rig.forwarder.waiting
+
+    def test_a_lease_of_bad_items_only_sends_nothing(self, rig: Rig) -> None:
+        """Only undecodable items: no request, both set aside, and the next lines go at
+        once."""
+        plant(rig.store, b"{}")
+        plant(rig.store, b'{"entries": 5}')
+        rig.adapter.fallback = 200
+        rig.forwarder.step(flush=True)
+        assert rig.ingests() == []
+        assert (rig.store.stats().pending, rig.store.stats().dead_letter) == (0, 2)
+        assert not rig.forwarder.sending and not rig.forwarder.waiting
+        uids = rig.feed.commit(lines(8))
+        rig.forwarder.step()
+        assert [r.uids for r in rig.ingests()] == [uids]

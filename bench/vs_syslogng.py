@@ -385,12 +385,13 @@ def compile_agent(python: str) -> None:
     """Byte-compile the agent's sources once, as an installed package is: otherwise, with
     PYTHONDONTWRITEBYTECODE set, every agent start compiles them again (~0.1 s)."""
     dirs = [os.path.join(_AGENT_SRC[0], p) for p in AGENT_PACKAGES]
-    subprocess.run(
+    done = subprocess.run(
         [python, "-m", "compileall", "-q", *[d for d in dirs if os.path.isdir(d)]],
-        check=True,
         timeout=300,
-        stdout=subprocess.DEVNULL,
+        stdout=sys.stderr,  # compileall names what it could not compile on stdout
     )
+    if done.returncode != 0:
+        say(f"compileall failed in {_AGENT_SRC[0]} (above): the agent compiles at each start")
 
 
 def agent_env() -> dict[str, str]:

@@ -89,4 +89,4 @@ def decode_item(item_id: int, data: bytes | str) -> Iterator[Entry]:
 
 
 # What a damaged or tampered item raises when decoded: it is set aside, never executed.
-UNDECODABLE = (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError)
+UNDECODABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError)

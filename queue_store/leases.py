@@ -81,7 +81,9 @@ def choose(
         ids.append(rid)
         lines += n
         oldest = ts if oldest is None else oldest
-        if lines >= max_lines:
+        if lines >= max_lines or (
+            max_bytes is not None and size + ENTRY_OVERHEAD_BYTES > max_bytes
+        ):  # no item, however small, would fit any more
             full = True
             break
     cursor.close()
@@ -105,15 +107,17 @@ def take(
     """Lease what is still in a selected state; the ids won. Another process (the agent, a
     replay, an export) may choose the same items at the same moment: only one wins each.
 
-    ``acked_at`` gets the lease time: then the ack changes no column's size, and SQLite
-    rewrites the row in place instead of copying its data blob (a 60 KB item: ~0.9 ms less
-    per ack). Only acked and exported items are ever aged by ``acked_at``.
+    ``acked_at`` gets the lease time when it has none: then the ack changes no column's size,
+    and SQLite rewrites the row in place instead of copying its data blob (a 60 KB item:
+    ~0.9 ms less per ack). Only acked and exported items are aged by ``acked_at``; one leased
+    again (a replay) keeps its own, so a release does not restart its retention.
     """
     marks = ",".join("?" * len(sel.statuses))
     won: list[int] = []
     for i in ids:
         cur = db.execute(
-            f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ?, acked_at = ?"
+            f"UPDATE {TABLE} SET leased_from = status, status = ?, owner = ?,"
+            " acked_at = COALESCE(acked_at, ?)"
             f" WHERE _id = ? AND status IN ({marks})",
             (UNACK, owner, now, i, *sel.statuses),
         )

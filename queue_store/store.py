@@ -224,7 +224,7 @@ class QueueStore(BufferFile):
         bad: list[int] = []
         for rid in won:  # only what we won: another process's entries are never ours to send
             try:
-                entries.extend(decode_item(rid, data[rid]))
+                entries.extend(list(decode_item(rid, data[rid])))  # all of an item, or none
             except UNDECODABLE as exc:
                 # Not ours (tampered or damaged): set aside as a dead letter, never executed.
                 log.error("item_undecodable", item=rid, error=str(exc)[:200])

@@ -560,14 +560,27 @@ class TestBatchInterval:
         """Two lines that together pass batch_max_bytes: the first goes alone, at once."""
         rig = build_rig(tmp_path, batch_max_bytes=1000)
         first = rig.feed.commit(["a" * 600])
-        second = rig.feed.commit(["b" * 600])
+        second = rig.feed.commit(["b" * 300])
         self.anchor(rig)
         rig.adapter.queue(200, 200)
         rig.forwarder.step()
         assert [r.uids for r in rig.ingests()] == [first]
-        rig.clock.advance(BATCH_INTERVAL + 1)  # the second was committed a little later
+        assert rig.forwarder.step() > 0  # alone now, the second waits for batch_interval
+        rig.clock.advance(BATCH_INTERVAL + 60)  # (committed a little after the first)
         rig.forwarder.step()
         assert [r.uids for r in rig.ingests()] == [first, second]
+        rig.store.close()
+
+    def test_an_entry_over_batch_max_bytes_goes_at_once(self, tmp_path: Path) -> None:
+        """A line larger than batch_max_bytes on its own: nothing could join it, so it goes
+        (alone) without waiting for batch_interval."""
+        rig = build_rig(tmp_path, batch_max_bytes=1000)
+        big = rig.feed.commit(["c" * 1200])
+        self.anchor(rig)
+        rig.adapter.queue(200)
+        rig.forwarder.step()
+        assert [r.uids for r in rig.ingests()] == [big]
+        rig.store.close()
 
     def test_flush_sends_a_partial_batch_at_once(self, rig: Rig) -> None:
         """step(flush=True) sends a partial batch without waiting."""
@@ -1074,14 +1087,15 @@ class TestUndecodable:
         assert rig.forwarder.paused_until == 0.0 and not rig.forwarder.waiting
 
     def test_a_lease_of_bad_items_only_sends_nothing(self, rig: Rig) -> None:
-        """Only undecodable items: no request, both set aside, and the next lines go at
-        once."""
+        """Only undecodable items (one of them half decodable: none of it goes): no request,
+        all set aside, and the next lines go at once."""
         plant(rig.store, b"{}")
-        plant(rig.store, b'{"entries": 5}')
+        plant(rig.store, b'{"v": 1, "entries": 5}')
+        plant(rig.store, b'{"v": 1, "entries": [{"log_text": "half"}, 5]}')
         rig.adapter.fallback = 200
         rig.forwarder.step(flush=True)
         assert rig.ingests() == []
-        assert (rig.store.stats().pending, rig.store.stats().dead_letter) == (0, 2)
+        assert (rig.store.stats().pending, rig.store.stats().dead_letter) == (0, 3)
         assert not rig.forwarder.sending and not rig.forwarder.waiting
         uids = rig.feed.commit(lines(8))
         rig.forwarder.step()

@@ -128,12 +128,14 @@ class TestLease:
         lease = s.lease(500)
         assert lease is not None and len(lease.entries) == 500
         wal = Path(f"{s.path}-wal")
-        with sqlite3.connect(s.path) as other:
-            assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        other = sqlite3.connect(s.path)
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        other.close()
         assert wal.stat().st_size == 0
         lease.settled(lease.entries, dead=False)
         assert s.stats().pending == 0
-        assert 0 < wal.stat().st_size < 24_000
+        # A few pages (the record's, the index's, the meta row's): a copy would be 60 KB more.
+        assert 0 < wal.stat().st_size < 40_000
         s.close()
 
     def test_lease_respects_max_lines_and_order(

@@ -7,6 +7,7 @@ import gzip
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -53,9 +54,12 @@ def server() -> Iterator[_Recorder]:
     thread.join(5)
 
 
-def transport(srv: _Recorder, **kw: object) -> Transport:
+def transport(srv: _Recorder, **kw: Any) -> Transport:
     url = f"http://127.0.0.1:{srv.server_address[1]}"
-    return Transport(TransportSettings(server_url=url, api_key=KEY, user_agent="ua/1", **kw))  # type: ignore[arg-type]
+    settings = TransportSettings(
+        server_url=url, api_key=KEY, user_agent="ua/1", connect_timeout=5, request_timeout=5, **kw
+    )
+    return Transport(settings)
 
 
 def test_each_request_carries_its_own_body_and_key(server: _Recorder) -> None:

@@ -78,9 +78,10 @@ def choose(
         if ids and (lines + n > max_lines or (max_bytes is not None and size > max_bytes)):
             full = True
             break
+        if not ids:
+            oldest = ts
         ids.append(rid)
         lines += n
-        oldest = ts if oldest is None else oldest
         if lines >= max_lines or (
             max_bytes is not None and size + ENTRY_OVERHEAD_BYTES > max_bytes
         ):  # no item, however small, would fit any more

@@ -186,11 +186,6 @@ class QueueStore(BufferFile):
 
     # -- leasing and settling -------------------------------------------------------------
 
-    def ready_head(self, max_lines: int, max_bytes: int | None = None) -> leases.Head:
-        """The items the next lease would take, without taking them."""
-        with self._read() as db:
-            return leases.choose(db, Selection(), max_lines, max_bytes)
-
     def lease(
         self, max_lines: int, selection: Selection | None = None, *, max_bytes: int | None = None
     ) -> Lease | None:

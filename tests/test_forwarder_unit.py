@@ -514,12 +514,14 @@ class TestBatchInterval:
     """A partial batch waits for batch_interval after its oldest entry; a full one does not.
 
     The store stamps each commit with the real ``time.time()``; these tests read that stamp
-    back (``ready_head``) and anchor the FakeClock's wall clock on it, so the entry's age is
+    back and anchor the FakeClock's wall clock on it, so the entry's age is
     exactly the fake time advanced — no dependence on how fast the test runs.
     """
 
     def anchor(self, rig: Rig) -> None:
-        oldest = rig.store.ready_head(BATCH_SIZE).oldest
+        con = sqlite3.connect(rig.store.path)
+        (oldest,) = con.execute(f"SELECT MIN(timestamp) FROM {TABLE}").fetchone()
+        con.close()
         assert oldest is not None
         rig.clock.set_wall(oldest)
 

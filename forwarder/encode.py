@@ -28,7 +28,9 @@ class EncodedBatch:
 
 def batch_id_of(entries: Sequence[Entry]) -> str:
     """Deterministic for the same set of entries (their event_uids, in order)."""
-    joined = "".join(f"{e.event_uid}\n" for e in entries)
+    joined = "\n".join([e.event_uid for e in entries])
+    if entries:
+        joined += "\n"  # each uid ends with a newline, as it always has
     return hashlib.sha256(joined.encode()).hexdigest()[:32]
 
 
@@ -43,6 +45,34 @@ def entry_json(entry: Entry, hostname_json: str) -> str:
         f'"timestamp":{encode_basestring(entry.timestamp)},'
         f'"hostname":{host},"event_uid":{encode_basestring(entry.event_uid)}}}'
     )
+
+
+def _entries_json(entries: Sequence[Entry], hostname_json: str) -> list[str]:
+    """``entry_json`` of each entry, with the fields shared by a run of entries (the lines of
+    one queue item share source, timestamp and hostname) encoded once per run."""
+    out = []
+    source: str | None = None
+    timestamp: str | None = None
+    hostname: str | None = None
+    middle = ""
+    for e in entries:
+        if e.extra:
+            out.append(entry_json(e, hostname_json))
+            continue
+        # An identity test (the entries of one item share their strings); a miss only costs
+        # encoding the shared fields again.
+        if e.source is not source or e.timestamp is not timestamp or e.hostname is not hostname:
+            source, timestamp, hostname = e.source, e.timestamp, e.hostname
+            host = hostname_json if not e.hostname else encode_basestring(e.hostname)
+            middle = (
+                f',"source":{encode_basestring(e.source)},'
+                f'"timestamp":{encode_basestring(e.timestamp)},"hostname":{host},"event_uid":'
+            )
+        out.append(
+            f'{{"log_text":{encode_basestring(e.log_text)}{middle}'
+            f"{encode_basestring(e.event_uid)}}}"
+        )
+    return out
 
 
 def message_body(entry: Entry, hostname_json: str, agent_json: str) -> bytes:
@@ -60,6 +90,6 @@ def encode_batch(entries: Sequence[Entry], *, agent_id: str, hostname: str) -> E
         raise ValueError("an ingest batch needs at least one entry")
     bid = batch_id_of(entries)
     host = encode_basestring(hostname)
-    logs = ",".join([entry_json(e, host) for e in entries])
+    logs = ",".join(_entries_json(entries, host))
     body = f'{{"agent_id":{encode_basestring(agent_id)},"batch_id":"{bid}","logs":[{logs}]}}'
     return EncodedBatch(body.encode("utf-8"), bid, len(entries))

@@ -22,6 +22,7 @@ from queue_store.records import Chunk, Entry, event_uids
 from queue_store.schema import READY, TABLE
 
 ITEM_VERSION = 1
+_new_entry = tuple.__new__
 INSERT_ITEM = (
     f"INSERT INTO {TABLE} (data, timestamp, status, n_lines, n_bytes, source, owner)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -78,11 +79,13 @@ def decode_item(item_id: int, data: bytes | str) -> Iterator[Entry]:
     texts, offs = item["lines"], item["offs"]
     if len(texts) != len(offs):
         raise ValueError(f"item {item_id}: {len(texts)} lines but {len(offs)} offsets")
-    uids = event_uids(item["fid"], offs)
+    uids = event_uids(item["fid"], offs, int(item.get("v", 1)))
     extras = item.get("x")
     if not extras:
+        # tuple.__new__ skips NamedTuple's generated __new__ (a Python frame per entry, 7 %
+        # of the send path's CPU); the seven fields are given in their declared order.
         for text, uid in zip(texts, uids):  # noqa: B905 - lengths checked above
-            yield Entry(item_id, text, src, ts, uid)
+            yield _new_entry(Entry, (item_id, text, src, ts, uid, None, None))
         return
     for i, (text, uid) in enumerate(zip(texts, uids)):  # noqa: B905 - lengths checked above
         yield Entry(item_id, text, src, ts, uid, None, extras.get(str(i)))

@@ -8,6 +8,7 @@ Registrar and a real QueueStore in ``tmp_path``; it then asserts exactly what th
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import sqlite3
@@ -675,6 +676,24 @@ class TestWireFormat:
         logs = [e.to_wire("web-01") for e in entries]
         expected = {"agent_id": "agent-é", "batch_id": batch_id_of(entries), "logs": logs}
         assert body == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+        # batch_id: each uid followed by a newline, hashed (what earlier agents sent too)
+        joined = "".join(f"{e.event_uid}\n" for e in entries)
+        assert batch_id_of(entries) == hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+    def test_equal_but_distinct_shared_fields(self) -> None:
+        """Equal strings that are different objects (entries decoded from different items)
+        and a hostname set after one with none: each entry still gets its own fields."""
+        src_a, src_b = "".join(["/var/log/", "a"]), "".join(["/var/log/", "a"])
+        assert src_a == src_b and src_a is not src_b
+        entries = [
+            Entry(1, "one", src_a, "t", "u1"),
+            Entry(2, "two", src_b, "t", "u2"),
+            Entry(2, "three", src_b, "t", "u3", "db-01"),
+            Entry(2, "four", src_b, "t", "u4", None),
+            Entry(2, "five", "/var/log/c", "t", "u5", None),
+        ]
+        body = json.loads(encode_batch(entries, agent_id="a", hostname="web-01").body)
+        assert body["logs"] == [e.to_wire("web-01") for e in entries]
 
     def test_order_is_commit_order(self, rig: Rig) -> None:
         """Across batches and a retry, entries reach the server in the order committed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from ila_core.errors import BufferFull, BufferLocked, BufferWriteError
-from queue_store.records import Checkpoint, Chunk, FileId, event_uid
+from queue_store.codec import decode_item
+from queue_store.records import Checkpoint, Chunk, Entry, FileId, event_uid, event_uids
 from queue_store.schema import DEAD, TABLE
 from queue_store.store import Selection
 from tests.fakes import FakeClock, LogFeed, OpenBuffer, drain, lines
@@ -149,6 +151,65 @@ class TestLease:
         assert lease is not None
         assert [e.log_text for e in lease.entries] == ["0a", "0b", "1a", "1b"]
         s.close()
+
+
+class TestEventUid:
+    """Format 2 (hash of the generation, then the offset) for new items; format 1 (a hash per
+    line) for items an older agent committed, so that a resend keeps their uids."""
+
+    def test_format_2_is_the_generation_hash_then_the_offset(self) -> None:
+        base = hashlib.sha256(b"7:9:ab:10:0~e1").hexdigest()[:24]
+        assert event_uid("7:9:ab:10:0~e1", 0) == base + "00000000"
+        assert event_uid("7:9:ab:10:0~e1", 4096) == base + "00001000"
+        assert event_uid("7:9:ab:10:0~e1", 2**40) == base + "10000000000"  # past 4 GiB
+        assert event_uids("7:9:ab:10:0~e1", [0, 4096]) == [base + "00000000", base + "00001000"]
+
+    def test_unique_per_offset_and_generation(self) -> None:
+        """No two offsets of one generation share a uid (offsets of different lengths in hex
+        included), and another generation (here: the copytruncate count) has other uids."""
+        offs = [*range(0, 5000), *range(2**32 - 2500, 2**32 + 2500), 2**36, 2**44]
+        uids = event_uids("1:2:fp:10:0~e", offs)
+        assert len(set(uids)) == len(offs)
+        assert not set(uids) & set(event_uids("1:2:fp:10:1~e", offs))
+        assert all(len(u) >= 32 and int(u, 16) >= 0 for u in uids)
+
+    def test_an_older_item_keeps_its_per_line_hash(self) -> None:
+        """An item of format 1, or without a version, decodes to the uids an older agent sent."""
+        old = {
+            "src": "s",
+            "path": "/p",
+            "fid": "k:0",
+            "ts": 1.0,
+            "lines": ["a", "b"],
+            "offs": [0, 2],
+        }
+        want = [hashlib.sha256(f"k:0@{off}".encode()).hexdigest()[:32] for off in (0, 2)]
+        for item in (old, {**old, "v": 1}):
+            got = list(decode_item(5, json.dumps(item).encode()))
+            assert [e.event_uid for e in got] == want
+        new = list(decode_item(5, json.dumps({**old, "v": 2}).encode()))
+        assert [e.event_uid for e in new] == event_uids("k:0", [0, 2])
+
+    def test_committed_items_are_format_2_and_decode_to_whole_entries(
+        self, tmp_path: Path, open_buffer: OpenBuffer
+    ) -> None:
+        """What the collector commits now carries version 2, and the entries leased from it
+        are real ``Entry`` tuples with every field (the decoder builds them directly)."""
+        s = open_buffer()
+        s.commit([chunk(["a", "bb"])], cp(5))
+        with sqlite3.connect(tmp_path / "b.db") as con:
+            (data,) = con.execute(f"SELECT data FROM {TABLE}").fetchone()
+        assert json.loads(data)["v"] == 2
+        lease = s.lease(50)
+        assert lease is not None
+        ts = lease.entries[0].timestamp
+        uids = event_uids("k:0", [0, 2])
+        assert [type(e) for e in lease.entries] == [Entry, Entry]
+        assert list(lease.entries) == [
+            Entry(lease.entries[0].item_id, "a", "src", ts, uids[0], None, None),
+            Entry(lease.entries[0].item_id, "bb", "src", ts, uids[1], None, None),
+        ]
+        assert lease.entries[1].extra is None and lease.entries[1].hostname is None
 
 
 class TestRetention:

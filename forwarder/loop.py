@@ -42,6 +42,7 @@ log = structlog.get_logger("forwarder")
 IDLE_WAIT = 1.0
 UNREGISTERED_WAIT = 0.2  # how often the batch loop looks again while registration is pending
 SHUTDOWN_GRACE = 5.0  # seconds batches in flight may take to settle at shutdown
+LEASE_AHEAD = 4  # batches leased in one transaction at most, when as many may be sent
 ACK_RETRY_S = 1.0  # a batch whose ack could not be written is sent again after this
 BUFFER_PART = "buffer:forwarder"
 
@@ -217,15 +218,20 @@ class Forwarder:
             # Each item once per replay, even when settling puts it back in a selected state.
             self.selection = replace(self.selection, after_id=max(lease.item_ids))
             return Batch(lease, lease.entries), 0.0
-        # A partial batch waits until its oldest line is batch_interval old.
+        # A partial batch waits until its oldest line is batch_interval old. With room for
+        # several requests, as many batches are leased at once (the extra ones wait in
+        # ``ready``, in order).
         wall = self.clock.wall()
-        lease, head = self.store.lease_due(
+        room = min(LEASE_AHEAD, self.controller.limit - len(self.sending))
+        leased, head = self.store.lease_several(
             self.batch_size,
+            room,
             max_bytes=self.batch_max_bytes,
             committed_by=math.inf if flush else wall - self.batch_interval,
         )
-        if lease is not None:
-            return Batch(lease, lease.entries), 0.0
+        if leased:
+            self.ready.extend(Batch(lease, lease.entries) for lease in leased[1:])
+            return Batch(leased[0], leased[0].entries), 0.0
         if head.oldest is None or head.full:  # nothing ready, or another process won it
             return None, IDLE_WAIT
         return None, max(0.0, head.oldest + self.batch_interval - wall) or IDLE_WAIT

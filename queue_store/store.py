@@ -204,14 +204,36 @@ class QueueStore(BufferFile):
         """``lease``, when the items would make a full batch or the oldest was committed by
         ``committed_by`` (wall time); else None. With what was chosen: one look at the index
         both decides and takes."""
+        several, head = self.lease_several(
+            max_lines, 1, selection, max_bytes=max_bytes, committed_by=committed_by
+        )
+        return (several[0] if several else None), head
+
+    def lease_several(
+        self,
+        max_lines: int,
+        n: int,
+        selection: Selection | None = None,
+        *,
+        max_bytes: int | None = None,
+        committed_by: float = math.inf,
+    ) -> tuple[list[Lease], leases.Head]:
+        """Up to ``n`` leases, each as ``lease_due`` takes one, in one transaction (a backlog
+        then costs one commit and one wait for the lock per ``n`` batches: under load, the
+        GIL makes each a long one). With the last head looked at."""
         sel = selection or Selection()
+        taken: list[tuple[list[int], dict[int, bytes]]] = []
         with self._write() as db:
-            head = leases.choose(db, sel, max_lines, max_bytes)
-            if not head.ids or not (head.full or (head.oldest or 0.0) <= committed_by):
-                return None, head
-            data = leases.blobs(db, head.ids)
-            won = leases.take(db, head.ids, sel, os.getpid(), self.clock.wall())
-        return self._decoded(won, data), head
+            for _ in range(max(1, n)):
+                head = leases.choose(db, sel, max_lines, max_bytes)
+                if not head.ids or not (head.full or (head.oldest or 0.0) <= committed_by):
+                    break
+                data = leases.blobs(db, head.ids)
+                taken.append((leases.take(db, head.ids, sel, os.getpid(), self.clock.wall()), data))
+                if not head.full:
+                    break  # it took all there was
+        decoded = (self._decoded(won, data) for won, data in taken)
+        return [lease for lease in decoded if lease is not None], head
 
     def _decoded(self, won: list[int], data: dict[int, bytes]) -> Lease | None:
         """The lease of the items won, decoded; one that does not decode is a dead letter."""

@@ -39,7 +39,7 @@ from ila_core.clock import rfc3339_ms
 from queue_store.batch import Batch, BatchSettledTwice, Lease
 from queue_store.leases import Selection
 from queue_store.records import Entry
-from queue_store.schema import DEAD, TABLE
+from queue_store.schema import DEAD, TABLE, UNACK
 from queue_store.store import QueueStore
 from tests.fakes import (
     FakeClock,
@@ -863,6 +863,14 @@ def flying(tmp_path: Path) -> Iterator[tuple[Rig, HeldExecutor]]:
     r.store.close()
 
 
+@pytest.fixture
+def rig_in_flight4(tmp_path: Path) -> Iterator[Rig]:
+    """A registered agent with 4 batches allowed in flight, each answered at once."""
+    r = build_rig(tmp_path, max_in_flight=4)
+    yield r
+    r.store.close()
+
+
 class TestInFlight:
     """Several batches outstanding at once, each settled by its own answer."""
 
@@ -874,6 +882,43 @@ class TestInFlight:
         rig.forwarder.step()
         assert len(held.held) == 4
         assert rig.store.stats().pending == 48  # nothing acked before an answer
+
+    def test_a_backlog_is_leased_in_one_transaction(self, flying: tuple[Rig, HeldExecutor]) -> None:
+        """The four batches a step sends are leased in one write (one COMMIT in SQLite's own
+        trace), and go out in commit order."""
+        rig, held = flying
+        uids = [rig.feed.commit(lines(8, f"b{k}")) for k in range(6)]
+        statements: list[str] = []
+        rig.store._db.set_trace_callback(statements.append)
+        try:
+            rig.forwarder.step()
+        finally:
+            rig.store._db.set_trace_callback(None)
+        assert [s for s in statements if s.strip().upper() == "COMMIT"] == ["COMMIT"]
+        rig.adapter.fallback = 200
+        while held.held:
+            held.release(0)
+        assert [r.uids for r in rig.ingests()] == uids[:4]
+
+    def test_batches_leased_ahead_go_back_at_shutdown(self, rig_in_flight4: Rig) -> None:
+        """A Retry-After on the first of four batches leased together: the other three wait,
+        still leased; shutting down gives them back to the buffer, as it does in flight."""
+        rig = rig_in_flight4
+        uids = [rig.feed.commit(lines(8, f"b{k}")) for k in range(4)]
+        rig.adapter.queue((429, {"Retry-After": "10"}))
+        rig.forwarder.step()
+        assert len(rig.forwarder.ready) == 3
+        rig.forwarder.abandon()
+        with sqlite3.connect(rig.store.path) as con:
+            leased = con.execute(
+                f"SELECT COUNT(*) FROM {TABLE} WHERE status = ?", (UNACK,)
+            ).fetchone()
+        assert leased == (0,)
+        rig.adapter.fallback = 200
+        rig.drive_until_empty()
+        assert sorted(u for r in rig.ingests()[1:] for u in r.uids) == sorted(
+            u for g in uids for u in g
+        )
 
     def test_answers_out_of_order_ack_exactly_their_batches(
         self, flying: tuple[Rig, HeldExecutor]

@@ -102,6 +102,24 @@ class TestLease:
         lease = s.lease(50)
         assert lease is not None and len(lease.entries) == 3
 
+    def test_several_leases_in_one_go(self, open_buffer: OpenBuffer) -> None:
+        """``lease_several``: full leases in id order, up to n; a partial one only when it is
+        due, and then last; nothing taken twice."""
+        s = open_buffer()
+        for k in range(5):
+            s.commit([chunk([f"{k}a", f"{k}b"], start=10 * k)], cp(10 * k + 6))
+        # committed_by=0: a partial lease is not due (every item is younger than that)
+        got, _ = s.lease_several(4, 3, committed_by=0.0)  # 2 items of 2 lines: a full lease
+        assert [[e.log_text for e in lease.entries] for lease in got] == [
+            ["0a", "0b", "1a", "1b"],
+            ["2a", "2b", "3a", "3b"],
+        ]  # the third would be item 4 alone: partial, and not due
+        later, head = s.lease_several(4, 3, committed_by=0.0)
+        assert later == [] and len(head.ids) == 1 and not head.full
+        (last,), _ = s.lease_several(4, 3)  # due (the default)
+        assert [e.log_text for e in last.entries] == ["4a", "4b"]
+        assert s.lease_several(4, 3, committed_by=float("inf"))[0] == []
+
     def test_ack_only_when_every_entry_settled(
         self, tmp_path: Path, open_buffer: OpenBuffer
     ) -> None:

@@ -79,7 +79,7 @@ def decode_item(item_id: int, data: bytes | str) -> Iterator[Entry]:
     texts, offs = item["lines"], item["offs"]
     if len(texts) != len(offs):
         raise ValueError(f"item {item_id}: {len(texts)} lines but {len(offs)} offsets")
-    uids = event_uids(item["fid"], offs, int(item.get("v", 1)))
+    uids = event_uids(item["fid"], offs, _chunk_format(item_id, item.get("v", 1), offs))
     extras = item.get("x")
     if not extras:
         # tuple.__new__ skips NamedTuple's generated __new__ (a Python frame per entry, 7 %
@@ -91,5 +91,32 @@ def decode_item(item_id: int, data: bytes | str) -> Iterator[Entry]:
         yield Entry(item_id, text, src, ts, uid, None, extras.get(str(i)))
 
 
+def _chunk_format(item_id: int, version: object, offs: Sequence[Any]) -> int:
+    """The item's format, when its offsets fit it; else ValueError (a tampered item must not
+    decode to uids that collide, or that are not hex)."""
+    if type(version) is not int or version not in (1, 2):
+        raise ValueError(f"item {item_id}: unknown format {version!r}")
+    if version == 2 and offs and not _byte_positions(offs):
+        raise ValueError(f"item {item_id}: an offset is not a byte position")
+    return version
+
+
+_MAX_OFFSET = 1 << 63
+
+
+def _byte_positions(offs: Sequence[Any]) -> bool:
+    """Every offset an int (not a bool) in [0, 2**63): checks at C speed, not a loop."""
+    return set(map(type, offs)) <= {int} and min(offs) >= 0 and max(offs) < _MAX_OFFSET
+
+
 # What a damaged or tampered item raises when decoded: it is set aside, never executed.
-UNDECODABLE = (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError)
+# (OverflowError: a number such as 1e999 in a field read as a float or an int.)
+UNDECODABLE = (
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    UnicodeDecodeError,
+    OverflowError,
+)

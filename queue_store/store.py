@@ -12,6 +12,7 @@ The rooms behind the door, one file each: ``schema`` (tables, states, persist-qu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
@@ -21,6 +22,7 @@ from typing import Any
 import structlog
 
 from ila_core.clock import Clock, rfc3339_ms
+from ila_core.errors import BufferWriteError
 from queue_store import budget, leases, positions, staging, stats
 from queue_store.batch import Lease
 from queue_store.buffer_file import BufferFile
@@ -218,9 +220,9 @@ class QueueStore(BufferFile):
         max_bytes: int | None = None,
         committed_by: float = math.inf,
     ) -> tuple[list[Lease], leases.Head]:
-        """Up to ``n`` leases, each as ``lease_due`` takes one, in one transaction (a backlog
-        then costs one commit and one wait for the lock per ``n`` batches: under load, the
-        GIL makes each a long one). With the last head looked at."""
+        """Up to ``n`` leases (at least one is looked for), each as ``lease_due`` takes one, in
+        one transaction (a backlog then costs one commit and one wait for the lock per ``n``
+        batches: under load, the GIL makes each a long one). With the last head looked at."""
         sel = selection or Selection()
         taken: list[tuple[list[int], dict[int, bytes]]] = []
         with self._write() as db:
@@ -232,8 +234,19 @@ class QueueStore(BufferFile):
                 taken.append((leases.take(db, head.ids, sel, os.getpid(), self.clock.wall()), data))
                 if not head.full:
                     break  # it took all there was
-        decoded = (self._decoded(won, data) for won, data in taken)
-        return [lease for lease in decoded if lease is not None], head
+        out: list[Lease] = []
+        try:
+            for won, data in taken:
+                lease = self._decoded(won, data)
+                if lease is not None:
+                    out.append(lease)
+        except BaseException:
+            # The caller gets none of them: give every item taken here back (not only the
+            # one that failed), or they would wait until the agent restarts.
+            with contextlib.suppress(BufferWriteError):
+                self.release_ids([rid for won, _ in taken for rid in won])
+            raise
+        return out, head
 
     def _decoded(self, won: list[int], data: dict[int, bytes]) -> Lease | None:
         """The lease of the items won, decoded; one that does not decode is a dead letter."""

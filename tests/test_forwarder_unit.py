@@ -38,7 +38,7 @@ from ila_agent.version import USER_AGENT
 from ila_core.clock import rfc3339_ms
 from queue_store.batch import Batch, BatchSettledTwice, Lease
 from queue_store.leases import Selection
-from queue_store.records import Entry
+from queue_store.records import Entry, event_uid
 from queue_store.schema import DEAD, TABLE, UNACK
 from queue_store.store import QueueStore
 from tests.fakes import (
@@ -1151,6 +1151,39 @@ class TestUndecodable:
         assert (stats.pending, stats.dead_letter, stats.acked_kept) == (0, 1, 5)
         assert [e["event"] for e in logs if e["log_level"] == "error"] == ["item_undecodable"]
         assert rig.forwarder.paused_until == 0.0 and not rig.forwarder.waiting
+
+    def test_odd_formats_and_offsets_are_set_aside(self, rig: Rig) -> None:
+        """Collector items whose format or offsets were tampered with (a format that is not
+        1 or 2, 1e999, an offset that is a bool, negative, past 2**63 or a float) are dead
+        letters: none of them may decode to uids that collide or are not hex, and none may
+        stop the forwarder. The same item with format 2 and offset 0 is delivered."""
+
+        def item(v: str, offs: str) -> bytes:
+            return (
+                f'{{"v": {v}, "src": "s", "path": "/p", "fid": "k", "ts": 1.0,'
+                f' "lines": ["x"], "offs": {offs}}}'
+            ).encode()
+
+        bad = [
+            ("1e999", "[0]"),
+            ('"2"', "[0]"),
+            ("true", "[0]"),
+            ("3", "[0]"),
+            ("null", "[0]"),
+            ("2", "[true]"),
+            ("2", "[-1]"),
+            ("2", f"[{2**64}]"),
+            ("2", "[1.5]"),
+        ]
+        for v, offs in bad:
+            plant(rig.store, item(v, offs))
+        plant(rig.store, item("2", "[0]"))
+        rig.adapter.fallback = 200
+        for _ in range(3):  # a lease (8 items here) that was all bad sends nothing
+            rig.forwarder.step(flush=True)
+        assert [r.uids for r in rig.ingests()] == [[event_uid("k", 0)]]
+        stats = rig.store.stats()
+        assert (stats.pending, stats.dead_letter) == (0, len(bad))
 
     def test_a_lease_of_bad_items_only_sends_nothing(self, rig: Rig) -> None:
         """Only undecodable items (one of them half decodable: none of it goes): no request,

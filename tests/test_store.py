@@ -10,13 +10,15 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import queue_store.store
 from ila_core.errors import BufferFull, BufferLocked, BufferWriteError
 from queue_store.codec import decode_item
 from queue_store.records import Checkpoint, Chunk, Entry, FileId, event_uid, event_uids
-from queue_store.schema import DEAD, TABLE
+from queue_store.schema import DEAD, TABLE, UNACK
 from queue_store.store import Selection
 from tests.fakes import FakeClock, LogFeed, OpenBuffer, drain, lines
 
@@ -119,6 +121,32 @@ class TestLease:
         (last,), _ = s.lease_several(4, 3)  # due (the default)
         assert [e.log_text for e in last.entries] == ["4a", "4b"]
         assert s.lease_several(4, 3, committed_by=float("inf"))[0] == []
+
+    def test_a_failure_while_decoding_gives_every_lease_back(
+        self, tmp_path: Path, open_buffer: OpenBuffer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An unexpected error while decoding the third of three leases taken together (a
+        bug, injected here): the caller gets the error and none of the leases, so all their
+        items go back to the buffer at once, not at the next restart."""
+        s = open_buffer()
+        for k in range(6):
+            s.commit([chunk([f"{k}a", f"{k}b"], start=10 * k)], cp(10 * k + 6))
+        real = queue_store.store.decode_item
+
+        def fails_on_the_fifth(item_id: int, data: bytes | str) -> Any:
+            if item_id == 5:
+                raise RuntimeError("a bug")
+            return real(item_id, data)
+
+        monkeypatch.setattr(queue_store.store, "decode_item", fails_on_the_fifth)
+        with pytest.raises(RuntimeError):
+            s.lease_several(4, 3)
+        with sqlite3.connect(tmp_path / "b.db") as con:
+            leased = con.execute(f"SELECT COUNT(*) FROM {TABLE} WHERE status = ?", (UNACK,))
+            assert leased.fetchone() == (0,)
+        monkeypatch.setattr(queue_store.store, "decode_item", real)
+        got, _ = s.lease_several(4, 3)
+        assert [len(lease.entries) for lease in got] == [4, 4, 4]
 
     def test_ack_only_when_every_entry_settled(
         self, tmp_path: Path, open_buffer: OpenBuffer

@@ -49,7 +49,11 @@ class CompatServer:
             self.proc = None
 
     def texts(self) -> list[str]:
-        return [json.loads(x)["log_text"] for x in self.out.read_text().splitlines()]
+        """``log_text`` of every line the stand-in has written in full: it appends through a
+        buffered file, so a read can end in the middle of a line."""
+        data = self.out.read_text()
+        complete = data[: data.rfind("\n") + 1]
+        return [json.loads(x)["log_text"] for x in complete.splitlines()]
 
 
 class TestExistingServer:

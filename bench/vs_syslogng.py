@@ -402,15 +402,10 @@ def installed_python(python: str, top: str) -> str:
     come from ``--agent-src`` on PYTHONPATH either way."""
     venv = os.path.join(top, "agent-venv")
     try:
-        site_dirs = json.loads(
-            _output([python, "-c", "import json, site; print(json.dumps(site.getsitepackages()))"])
-        )
+        site_dirs = _site_packages(python)
         subprocess.run([python, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
         made = os.path.join(venv, "bin", "python")
-        own = json.loads(
-            _output([made, "-c", "import json, site; print(json.dumps(site.getsitepackages()))"])
-        )
-        with open(os.path.join(own[0], "agent-deps.pth"), "w", encoding="utf-8") as f:
+        with open(os.path.join(_site_packages(made)[0], "agent-deps.pth"), "w") as f:
             f.write("".join(f"{d}\n" for d in site_dirs))
     except (OSError, ValueError, IndexError, subprocess.SubprocessError) as exc:
         say(f"no install-like venv ({exc}): the agent runs with {python}")
@@ -419,6 +414,11 @@ def installed_python(python: str, top: str) -> str:
         say(f"{made} cannot import the agent: it runs with {python}")
         return python
     return made
+
+
+def _site_packages(python: str) -> list[str]:
+    code = "import json, site; print(json.dumps(site.getsitepackages()))"
+    return list(json.loads(_output([python, "-c", code])))
 
 
 def agent_env() -> dict[str, str]:

@@ -38,18 +38,23 @@ def entry_json(entry: Entry, hostname_json: str) -> str:
     """One ``logs[]`` object as JSON text; ``hostname_json`` is the default, JSON-encoded."""
     if entry.extra:
         return _DUMPS(entry.to_wire(json.loads(hostname_json)))
+    text, uid = encode_basestring(entry.log_text), encode_basestring(entry.event_uid)
+    return f'{{"log_text":{text}{_shared_json(entry, hostname_json)}{uid}}}'
+
+
+def _shared_json(entry: Entry, hostname_json: str) -> str:
+    """What sits between an entry's log_text and its event_uid: the fields the lines of one
+    queue item share (source, timestamp, hostname), in the protocol's key order."""
     host = hostname_json if not entry.hostname else encode_basestring(entry.hostname)
     return (
-        f'{{"log_text":{encode_basestring(entry.log_text)},'
-        f'"source":{encode_basestring(entry.source)},'
-        f'"timestamp":{encode_basestring(entry.timestamp)},'
-        f'"hostname":{host},"event_uid":{encode_basestring(entry.event_uid)}}}'
+        f',"source":{encode_basestring(entry.source)},'
+        f'"timestamp":{encode_basestring(entry.timestamp)},"hostname":{host},"event_uid":'
     )
 
 
 def _entries_json(entries: Sequence[Entry], hostname_json: str) -> list[str]:
-    """``entry_json`` of each entry, with the fields shared by a run of entries (the lines of
-    one queue item share source, timestamp and hostname) encoded once per run."""
+    """``entry_json`` of each entry, with the shared fields encoded once per run of entries
+    that share them."""
     out = []
     source: str | None = None
     timestamp: str | None = None
@@ -63,11 +68,7 @@ def _entries_json(entries: Sequence[Entry], hostname_json: str) -> list[str]:
         # encoding the shared fields again.
         if e.source is not source or e.timestamp is not timestamp or e.hostname is not hostname:
             source, timestamp, hostname = e.source, e.timestamp, e.hostname
-            host = hostname_json if not e.hostname else encode_basestring(e.hostname)
-            middle = (
-                f',"source":{encode_basestring(e.source)},'
-                f'"timestamp":{encode_basestring(e.timestamp)},"hostname":{host},"event_uid":'
-            )
+            middle = _shared_json(e, hostname_json)
         out.append(
             f'{{"log_text":{encode_basestring(e.log_text)}{middle}'
             f"{encode_basestring(e.event_uid)}}}"

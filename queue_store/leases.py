@@ -52,7 +52,6 @@ class Head:
     """The oldest selected items, as a lease would take them."""
 
     ids: tuple[int, ...]
-    lines: int
     oldest: float | None  # commit time of the oldest of them
     full: bool  # the lease cannot grow: max_lines reached, or the next item does not fit
 
@@ -88,7 +87,7 @@ def choose(
             full = True
             break
     cursor.close()
-    return Head(tuple(ids), lines, oldest, full)
+    return Head(tuple(ids), oldest, full)
 
 
 def body_estimate(n_lines: int, n_bytes: int) -> int:

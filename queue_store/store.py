@@ -193,23 +193,8 @@ class QueueStore(BufferFile):
     ) -> Lease | None:
         """Mark the oldest selected items (up to ``max_lines`` lines, and about ``max_bytes``
         of request body) in flight, decoded."""
-        return self.lease_due(max_lines, selection, max_bytes=max_bytes)[0]
-
-    def lease_due(
-        self,
-        max_lines: int,
-        selection: Selection | None = None,
-        *,
-        max_bytes: int | None = None,
-        committed_by: float = math.inf,
-    ) -> tuple[Lease | None, leases.Head]:
-        """``lease``, when the items would make a full batch or the oldest was committed by
-        ``committed_by`` (wall time); else None. With what was chosen: one look at the index
-        both decides and takes."""
-        several, head = self.lease_several(
-            max_lines, 1, selection, max_bytes=max_bytes, committed_by=committed_by
-        )
-        return (several[0] if several else None), head
+        several, _ = self.lease_several(max_lines, 1, selection, max_bytes=max_bytes)
+        return several[0] if several else None
 
     def lease_several(
         self,
@@ -220,9 +205,11 @@ class QueueStore(BufferFile):
         max_bytes: int | None = None,
         committed_by: float = math.inf,
     ) -> tuple[list[Lease], leases.Head]:
-        """Up to ``n`` leases (at least one is looked for), each as ``lease_due`` takes one, in
-        one transaction (a backlog then costs one commit and one wait for the lock per ``n``
-        batches: under load, the GIL makes each a long one). With the last head looked at."""
+        """Up to ``n`` leases (at least one is looked for) in one transaction, each taken when
+        its items make a full batch or the oldest was committed by ``committed_by`` (wall
+        time); with the last head looked at (one look at the index both decides and takes).
+        A backlog then costs one commit and one wait for the lock per ``n`` batches: under
+        load, the GIL makes each a long one."""
         sel = selection or Selection()
         taken: list[tuple[list[int], dict[int, bytes]]] = []
         with self._write() as db:

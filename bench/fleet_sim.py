@@ -214,12 +214,12 @@ class JitterBeforeCapPolicy(RetryPolicy):
         return min(self.cap, random.uniform(0.0, uncapped))
 
 
-def make_retry(cfg: SimConfig) -> RetryPolicy:
+def make_retry(cfg: SimConfig, clock: Callable[[], float]) -> RetryPolicy:
     if cfg.variant == "floor1+ra-jitter":
-        return RetryAfterJitterPolicy(cfg.retry_interval)
+        return RetryAfterJitterPolicy(cfg.retry_interval, clock=clock)
     if cfg.variant == "jitter-before-cap":
-        return JitterBeforeCapPolicy(cfg.retry_interval)
-    return RetryPolicy(cfg.retry_interval)
+        return JitterBeforeCapPolicy(cfg.retry_interval, clock=clock)
+    return RetryPolicy(cfg.retry_interval, clock=clock)
 
 
 def make_controller(cfg: SimConfig, clock: Callable[[], float]) -> ConcurrencyController:
@@ -257,7 +257,7 @@ class FleetSim:
                     age * cfg.rate,
                     -age,
                     make_controller(cfg, self.clock),
-                    make_retry(cfg),
+                    make_retry(cfg, self.clock),
                 )
             )
         # server

@@ -56,7 +56,7 @@ def replay(
     registrar = Registrar(info)
     if transport is None:
         registrar.registered.set()
-    reg_retry = RetryPolicy(retry_cap)
+    reg_retry = RetryPolicy(retry_cap, clock=clock.monotonic)
     health = SendHealth(lambda _v: None, clock.wall)  # the agent's last_error is not ours
     executor = make_executor(max_in_flight) if max_in_flight > 1 else None
     fwd = Forwarder(
@@ -65,7 +65,7 @@ def replay(
         registrar,
         batch_size=batch_size,
         batch_interval=0.0,
-        retry=RetryPolicy(retry_cap),
+        retry=RetryPolicy(retry_cap, clock=clock.monotonic),
         clock=clock,
         health=health,
         selection=selection,

@@ -1,4 +1,5 @@
-"""Backoff: exponential, capped at retry_interval, full jitter applied after the cap."""
+"""Backoff: exponential, capped at retry_interval and at the failures' age, full jitter
+applied after the caps."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ RETRY_AFTER_MIN = 0.5
 
 
 class RetryPolicy:
-    """Delays for consecutive failures; ``reset`` after a success."""
+    """Delays for consecutive failures; ``reset`` after a success.
+
+    A delay is drawn (full jitter) from [0, the smallest of: the exponential step, ``cap``,
+    and how long the failures have lasted (at least the first step)]. The last bound is why a
+    10 s outage is not answered by a silence of up to 30 s once the steps got there (measured:
+    29.4 s after the server's return). It keeps what the jitter is for: the agents that failed
+    together still spread their return over about as long as the outage lasted, which holds a
+    returning fleet's backlog near the rate it was written at; after a long outage the cap is
+    the smaller bound and nothing changes."""
 
     def __init__(
         self,
@@ -22,21 +31,27 @@ class RetryPolicy:
         jitter: Callable[[float], float] = backoff.full_jitter,
         base: float = 2.0,
         factor: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cap = cap
         self.jitter = jitter
         self.base = base
         self.factor = factor
+        self.clock = clock
         self.failures = 0
         self._gen: Generator[float, None, None] | None = None
+        self._since: float | None = None  # when the streak's first failure was counted
 
     def next_delay(self, retry_after: float | None = None) -> float:
         """The wait before the next attempt; a Retry-After wins, even beyond the cap."""
         self.failures += 1
+        now = self.clock()
+        if self._since is None:
+            self._since = now
         if self._gen is None:
             self._gen = backoff.expo(base=self.base, factor=self.factor, max_value=self.cap)
             next(self._gen)  # backoff's generators are primed with a first send(None)
-        capped = float(next(self._gen))
+        capped = min(float(next(self._gen)), max(self.factor, now - self._since))
         if retry_after is not None:
             # "Retry-After: 0" again and again must not become a tight loop.
             return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, retry_after))
@@ -58,6 +73,7 @@ class RetryPolicy:
     def reset(self) -> None:
         self.failures = 0
         self._gen = None
+        self._since = None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

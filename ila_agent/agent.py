@@ -194,10 +194,11 @@ class Agent:
         health = SendHealth(lambda v: store.set_meta("last_error", v), self.clock.wall)
         if cfg.server_url is not None:
             warn_plain_http(cfg.server_url)
+            hb_retry = RetryPolicy(cfg.retry_interval, clock=self.clock.monotonic)
             hb = Heartbeat(
                 transport_for(cfg), registrar, interval=cfg.heartbeat_interval,
                 buffer_figures=lambda: self._figures(store),
-                retry=RetryPolicy(cfg.retry_interval), clock=self.clock, health=health,
+                retry=hb_retry, clock=self.clock, health=health,
                 extra=lambda: {"problems": sorted(self.health.problems().values()),
                                "files": self._file_counts()},
             )  # fmt: skip
@@ -212,7 +213,8 @@ class Agent:
             sink = HttpSink(transport, info, max_body_bytes=cfg.batch_max_bytes)
         forwarder = Forwarder(
             store, sink, registrar, batch_size=cfg.batch_size,
-            batch_interval=cfg.batch_interval, retry=RetryPolicy(cfg.retry_interval),
+            batch_interval=cfg.batch_interval,
+            retry=RetryPolicy(cfg.retry_interval, clock=self.clock.monotonic),
             clock=self.clock, health=health, wake=store.commit_event,
             max_in_flight=cfg.max_in_flight, batch_max_bytes=cfg.batch_max_bytes,
             executor=make_executor(cfg.max_in_flight), health_board=self.health,

@@ -140,7 +140,7 @@ def build_rig(
         registrar,
         batch_size=batch_size,
         batch_interval=batch_interval,
-        retry=RetryPolicy(RETRY_INTERVAL, jitter=identity),
+        retry=RetryPolicy(RETRY_INTERVAL, jitter=identity, clock=clock.monotonic),
         clock=clock,
         max_in_flight=max_in_flight,
         batch_max_bytes=batch_max_bytes,
@@ -155,7 +155,7 @@ def build_rig(
         registrar,
         interval=HEARTBEAT_INTERVAL,
         buffer_figures=lambda: store.stats().heartbeat_json(),
-        retry=RetryPolicy(RETRY_INTERVAL, jitter=identity),
+        retry=RetryPolicy(RETRY_INTERVAL, jitter=identity, clock=clock.monotonic),
         clock=clock,
     )
     return Rig(clock, adapter, transport, registrar, store, feed, forwarder, heartbeat)
@@ -334,7 +334,8 @@ class TestKeyRejected:
 
     @pytest.mark.parametrize("status", [401, 403])
     def test_nothing_is_lost_and_backoff_is_capped(self, rig: Rig, status: int) -> None:
-        """Seven rejections keep all entries pending, waiting 1, 2, 4, 8, 16, 30, 30 s."""
+        """Seven rejections keep all entries pending, waiting 1, 1, 2, 4, 8, 16, 30 s (each
+        wait at most the streak's age so far, and at most retry_interval)."""
         rig.feed.commit(lines(8))
         rig.adapter.queue(*[status] * 7)
         with capture_logs() as logs:
@@ -343,7 +344,7 @@ class TestKeyRejected:
             assert (stats.pending, stats.acked_kept, stats.dead_letter) == (8, 0, 0)
             rig.adapter.queue(200)
             rig.drive_until_empty()
-        assert gaps(rig.ingests()) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        assert gaps(rig.ingests()) == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
         assert rig.store.stats().acked_kept == 8
         rejected = events(logs, "api_key_rejected")
         assert [(e["log_level"], e["reason"]) for e in rejected] == [
@@ -426,7 +427,8 @@ class TestTransient:
         ids=["read-timeout", "connection-refused", "tls"],
     )
     def test_no_answer_is_retried(self, rig: Rig, exc: Exception, reason: str) -> None:
-        """A request that got no answer acks nothing and is retried with backoff."""
+        """A request that got no answer acks nothing and is retried with backoff (the second
+        wait is bounded by the streak's age, 1 s)."""
         rig.feed.commit(lines(8))
         rig.adapter.queue(exc, exc)
         with capture_logs() as logs:
@@ -436,7 +438,7 @@ class TestTransient:
         assert [e["reason"] for e in events(logs, "send_failed")] == [reason]
         rig.adapter.queue(200)
         rig.drive_until_empty()
-        assert gaps(rig.ingests()) == [1.0, 2.0]
+        assert gaps(rig.ingests()) == [1.0, 1.0]
         assert rig.store.stats().acked_kept == 8
 
     @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
@@ -726,10 +728,11 @@ class TestHeartbeat:
         assert fresh.adapter.paths() == [REGISTER]
 
     def test_register_failures_back_off(self, fresh: Rig) -> None:
-        """Register answered 503 twice is retried after 1 s, then 2 s."""
+        """Register answered 503 twice is retried after 1 s, then 1 s again (the step is 2 s,
+        but the failures are only 1 s old)."""
         fresh.adapter.queue(503, 503, 200)
         fresh.beat_until(3)
-        assert [r.at for r in fresh.adapter.requests] == [T0, T0 + 1.0, T0 + 3.0]
+        assert [r.at for r in fresh.adapter.requests] == [T0, T0 + 1.0, T0 + 2.0]
         assert fresh.registrar.registered.is_set()
 
     def test_404_heartbeat_reregisters(self, fresh: Rig) -> None:
@@ -1105,7 +1108,8 @@ class TestEntryByEntry:
         sink = EntrySink([partial])
         fwd = Forwarder(
             store, sink, make_registrar(registered=True), batch_size=10, batch_interval=0,
-            retry=RetryPolicy(RETRY_INTERVAL, jitter=identity), clock=clock,
+            retry=RetryPolicy(RETRY_INTERVAL, jitter=identity, clock=clock.monotonic),
+            clock=clock,
         )  # fmt: skip
         try:
             assert fwd.step(flush=True) == 1.0  # #2 waits its backoff

@@ -17,6 +17,24 @@ def identity(delay: float) -> float:
     return delay
 
 
+class StepClock:
+    """A monotonic clock that moves ``step`` seconds each time it is read (each failure)."""
+
+    def __init__(self, step: float = 0.0) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.step
+        return now
+
+
+def apart() -> StepClock:
+    """Failures far apart: only the exponential steps and the cap bound a delay."""
+    return StepClock(1000.0)
+
+
 class TestClassify:
     """protocol.md, "What each answer means to the agent", one row at a time."""
 
@@ -87,30 +105,31 @@ class TestClassify:
 
 
 class TestRetryPolicy:
-    """Exponential backoff capped at retry_interval, full jitter, Retry-After honoured."""
+    """Exponential backoff capped at retry_interval and at the streak's age, full jitter,
+    Retry-After honoured."""
 
     def test_delays_double_from_one_second_up_to_the_cap(self) -> None:
-        """Without jitter the delays are 1, 2, 4, … and then stay at the cap."""
-        policy = RetryPolicy(30.0, jitter=identity)
+        """Without jitter, failures far apart wait 1, 2, 4, … and then the cap."""
+        policy = RetryPolicy(30.0, jitter=identity, clock=apart())
         delays = [policy.next_delay() for _ in range(8)]
         assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
         assert policy.failures == 8
 
     def test_a_cap_that_is_not_a_power_of_two_is_reached_exactly(self) -> None:
         """The last doubling is cut to the cap itself."""
-        policy = RetryPolicy(10.0, jitter=identity)
+        policy = RetryPolicy(10.0, jitter=identity, clock=apart())
         assert [policy.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
 
     def test_full_jitter_is_applied_after_the_cap(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The default jitter draws uniformly from [0, capped delay] (here: its midpoint)."""
         monkeypatch.setattr(random, "uniform", lambda low, high: low + (high - low) / 2)
-        policy = RetryPolicy(30.0)
+        policy = RetryPolicy(30.0, clock=apart())
         delays = [policy.next_delay() for _ in range(7)]
         assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
 
     def test_full_jitter_stays_within_zero_and_the_capped_delay(self) -> None:
         """With real randomness every delay lies in [0, capped delay]."""
-        policy = RetryPolicy(30.0)
+        policy = RetryPolicy(30.0, clock=apart())
         capped = [1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 195
         delays = [policy.next_delay() for _ in capped]
         assert all(0.0 <= d <= c for d, c in zip(delays, capped, strict=True))
@@ -118,12 +137,12 @@ class TestRetryPolicy:
 
     def test_retry_after_wins_even_beyond_the_cap(self) -> None:
         """A Retry-After of 120 s is honoured although retry_interval is 30 s."""
-        policy = RetryPolicy(30.0, jitter=identity)
+        policy = RetryPolicy(30.0, jitter=identity, clock=apart())
         assert policy.next_delay(120.0) == 120.0
 
     def test_retry_after_wins_when_shorter_than_the_backoff(self) -> None:
         """A Retry-After shorter than the current backoff is honoured as given."""
-        policy = RetryPolicy(30.0, jitter=identity)
+        policy = RetryPolicy(30.0, jitter=identity, clock=apart())
         for _ in range(5):
             policy.next_delay()
         assert policy.next_delay(0.5) == 0.5
@@ -134,28 +153,78 @@ class TestRetryPolicy:
     )
     def test_retry_after_is_clamped_to_one_hour(self, retry_after: float, expected: float) -> None:
         """Retry-After is clamped to [0.5, 3600] seconds: never a tight loop, never > 1 h."""
-        assert RetryPolicy(30.0, jitter=identity).next_delay(retry_after) == expected
+        assert RetryPolicy(30.0, jitter=identity, clock=apart()).next_delay(retry_after) == expected
 
     def test_retry_after_still_counts_as_a_failure(self) -> None:
         """A failure answered with Retry-After moves the exponential sequence on."""
-        policy = RetryPolicy(30.0, jitter=identity)
+        policy = RetryPolicy(30.0, jitter=identity, clock=apart())
         assert policy.next_delay(120.0) == 120.0
         assert policy.next_delay() == 2.0
         assert policy.failures == 2
 
     def test_reset_starts_the_sequence_again(self) -> None:
         """After ``reset`` (a success) the next delay is 1 s again and failures is 0."""
-        policy = RetryPolicy(30.0, jitter=identity)
+        policy = RetryPolicy(30.0, jitter=identity, clock=apart())
         for _ in range(4):
             policy.next_delay()
         policy.reset()
         assert policy.failures == 0
         assert [policy.next_delay() for _ in range(3)] == [1.0, 2.0, 4.0]
 
+    def test_a_wait_is_never_longer_than_the_failures_so_far(self) -> None:
+        """An agent that waits each delay and fails again: the step of 2 s is cut to the
+        streak's age (1 s); from there the age keeps pace with the steps, up to the cap."""
+        clock = StepClock()
+        policy = RetryPolicy(30.0, jitter=identity, clock=clock)
+        delays = []
+        for _ in range(8):
+            delays.append(policy.next_delay())
+            clock.now += delays[-1]
+        assert delays == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+    def test_after_a_ten_second_outage_the_wait_is_at_most_ten_seconds(self) -> None:
+        """Early failures that came fast (small draws) brought the step to 16 s by the time
+        the failures are 9.5 s old: the wait is drawn from [0, 9.5], not [0, 16]."""
+        for jitter in (identity, None):
+            clock = StepClock()
+            policy = RetryPolicy(30.0, clock=clock, **({"jitter": jitter} if jitter else {}))
+            for at in (0.0, 0.2, 0.5, 1.0):  # steps 1, 2, 4, 8 s
+                clock.now = at
+                policy.next_delay()
+            clock.now = 9.5
+            if jitter is identity:
+                assert policy.next_delay() == 9.5
+            else:
+                draws = []
+                for _ in range(200):  # the step is 30 s from here on; the age stays 9.5 s
+                    draws.append(policy.next_delay())
+                assert all(0.0 <= d <= 9.5 for d in draws)
+                assert max(draws) > 5.0  # drawn over the whole range, not pinned low
+
+    def test_reset_forgets_the_streaks_age(self) -> None:
+        """After a success at t = 100 s, a new failure at 100.5 s is 0.5 s old: 1 s, not 2."""
+        clock = StepClock()
+        policy = RetryPolicy(30.0, jitter=identity, clock=clock)
+        for at in (0.0, 40.0, 80.0):
+            clock.now = at
+            policy.next_delay()
+        policy.reset()
+        clock.now = 100.0
+        assert policy.next_delay() == 1.0
+        clock.now = 100.5
+        assert policy.next_delay() == 1.0
+        clock.now = 102.0
+        assert policy.next_delay() == 2.0  # step 4 s, age 2 s
+
+    def test_retry_after_is_not_cut_to_the_streaks_age(self) -> None:
+        """The server's Retry-After wins over both bounds, also at the streak's first failure."""
+        policy = RetryPolicy(30.0, jitter=identity, clock=StepClock())
+        assert policy.next_delay(20.0) == 20.0
+
     def test_one_batch_backs_off_from_its_own_attempts(self) -> None:
         """batch_delay follows the batch's attempts (1, 2, 4 … 30 s), not the streak; a
         Retry-After still wins; each call counts as a failure."""
-        policy = RetryPolicy(30.0, jitter=identity)
+        policy = RetryPolicy(30.0, jitter=identity, clock=apart())
         policy.next_delay()
         policy.next_delay()  # a streak of two elsewhere
         assert [policy.batch_delay(a) for a in range(7)] == [1, 2, 4, 8, 16, 30, 30]

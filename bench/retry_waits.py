@@ -9,7 +9,11 @@ clock (nothing sleeps). Prints the median, 90th percentile and longest wait per 
     python bench/retry_waits.py                      # outages of 9.5, 30 and 60 s
     python bench/retry_waits.py --outage 9.5 --draws 100000 --seed 2
 
-Run from a ``git archive`` of an older commit to compare (it uses that tree's RetryPolicy).
+To compare with an older commit, copy this script into a ``git archive`` of it and run it
+there (it uses that tree's RetryPolicy):
+
+    git archive e4706fe | tar -x -C /tmp/old && cp bench/retry_waits.py /tmp/old/bench/
+    cd /tmp/old && python bench/retry_waits.py
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from forwarder.retry import RetryPolicy
 
 
 class _Clock:
+    """The virtual time the policy reads; the loop moves it."""
+
     def __init__(self) -> None:
         self.now = 0.0
 
@@ -47,6 +53,7 @@ def wait_after_return(outage: float, retry_interval: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the Markdown table for each outage."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--outage", type=float, action="append", help="seconds (repeatable)")
     p.add_argument("--draws", type=int, default=20_000)

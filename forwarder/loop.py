@@ -331,7 +331,8 @@ class Forwarder:
         refused, failed = set(delivery.refused), set(delivery.failed)
         confirmed = [i for i in range(len(batch.entries)) if i not in refused and i not in failed]
         rest: list[Batch | None] = []
-        settle = lambda: rest.append(batch.partition(confirmed, sorted(refused)))  # noqa: E731
+        now = self.clock.monotonic()
+        settle = lambda: rest.append(batch.partition(confirmed, sorted(refused), now))  # noqa: E731
         if not self._write_settlement(settle, batch):
             return
         self.sent_lines += len(confirmed)
@@ -386,15 +387,20 @@ class Forwarder:
         """Send ``batch`` again after a backoff (``fresh``: it is already a new batch). When
         the whole sender waits, the backoff follows the streak of failures; when only this
         batch does, its own attempts."""
+        now = self.clock.monotonic()
+        again = batch if fresh else batch.retry(now)
         if pause:
             delay = self.retry.next_delay(retry_after)
         else:
             # (a fresh batch already counts this failure in its attempts)
-            delay = self.retry.batch_delay(batch.attempt - (1 if fresh else 0), retry_after)
-        due = self.clock.monotonic() + delay
+            since = again.failing_since if again.failing_since is not None else now
+            delay = self.retry.batch_delay(
+                batch.attempt - (1 if fresh else 0), retry_after, age=now - since
+            )
+        due = now + delay
         if pause:
             self.paused_until = max(self.paused_until, due)
-        self.waiting.append(_Waiting(batch if fresh else batch.retry(), due))
+        self.waiting.append(_Waiting(again, due))
         self.waiting.sort(key=lambda w: w.due)
         self._failed(reason, delay, auth=auth)
 

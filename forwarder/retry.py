@@ -18,20 +18,21 @@ class RetryPolicy:
 
     A delay is drawn (full jitter) from [0, the smallest of: the exponential step, ``cap``,
     and how long the failures have lasted (at least the first step)]. The last bound is why a
-    10 s outage is not answered by a silence of up to 30 s once the steps got there (measured:
-    29.4 s after the server's return). It keeps what the jitter is for: the agents that failed
-    together still spread their return over about as long as the outage lasted, which holds a
-    returning fleet's backlog near the rate it was written at; after a long outage the cap is
-    the smaller bound and nothing changes."""
+    10 s outage is not answered by a silence of up to 30 s once the steps got there (the
+    side-by-side benchmark saw one, bench/VS_SYSLOGNG.md run E). It keeps what the jitter is
+    for: agents that failed together still spread their return over about as long as the
+    outage lasted, which holds a returning fleet's backlog near the rate it was written at
+    (bench/FLEET_SIM.md); after a long outage the cap is the smaller bound and nothing changes.
+    ``clock`` is required so that a caller on fake time cannot fall back on real time."""
 
     def __init__(
         self,
         cap: float,
         *,
+        clock: Callable[[], float],
         jitter: Callable[[float], float] = backoff.full_jitter,
         base: float = 2.0,
         factor: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cap = cap
         self.jitter = jitter
@@ -40,7 +41,7 @@ class RetryPolicy:
         self.clock = clock
         self.failures = 0
         self._gen: Generator[float, None, None] | None = None
-        self._since: float | None = None  # when the streak's first failure was counted
+        self._since: float | None = None  # the streak's first next_delay (batch_delay: own age)
 
     def next_delay(self, retry_after: float | None = None) -> float:
         """The wait before the next attempt; a Retry-After wins, even beyond the cap."""
@@ -57,17 +58,22 @@ class RetryPolicy:
             return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, retry_after))
         return max(0.0, float(self.jitter(capped)))
 
-    def batch_delay(self, attempt: int, retry_after: float | None = None) -> float:
+    def batch_delay(
+        self, attempt: int, retry_after: float | None = None, *, age: float | None = None
+    ) -> float:
         """The wait before one batch's next attempt, from its own failures (``attempt``: how
-        many it had before this one), for a failure that concerns that batch alone (a 503
-        without Retry-After while other batches go through). The shared streak of
-        ``next_delay`` would make each such batch wait for the others' failures: with 20 %
-        of answers 503 the last batches of a run waited up to the cap, 30 s. Counted in
+        many it had before this one; ``age``: seconds since its first failure), for a failure
+        that concerns that batch alone (a 503 without Retry-After while other batches go
+        through). The shared streak of ``next_delay`` would make each such batch wait for the
+        others' failures: with 20 % of answers 503 the last batches of a run waited up to the
+        cap, 30 s. The same bounds as ``next_delay``, on the batch's own failures. Counted in
         ``failures`` too (for the log)."""
         self.failures += 1
         if retry_after is not None:
             return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, retry_after))
         capped = min(self.cap, self.factor * self.base ** max(0, attempt))
+        if age is not None:
+            capped = min(capped, max(self.factor, age))
         return max(0.0, float(self.jitter(capped)))
 
     def reset(self) -> None:

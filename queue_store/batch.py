@@ -61,6 +61,7 @@ class Batch:
     lease: Lease
     entries: Sequence[Entry]
     attempt: int = 0
+    failing_since: float | None = None  # when its first attempt failed (monotonic seconds)
     _verb: str | None = field(default=None, repr=False)
 
     def _check_open(self, verb: str) -> None:
@@ -76,10 +77,14 @@ class Batch:
         self._settle("ack")
         self.lease.settled(self.entries, dead=False)
 
-    def retry(self) -> Batch:
-        """Send the same entries again later; returns the batch to send."""
+    def retry(self, failed_at: float | None = None) -> Batch:
+        """Send the same entries again later; returns the batch to send. ``failed_at``: when
+        this attempt failed, kept as ``failing_since`` unless an earlier failure already is."""
         self._settle("retry")
-        return Batch(self.lease, self.entries, self.attempt + 1)
+        return Batch(self.lease, self.entries, self.attempt + 1, self._since(failed_at))
+
+    def _since(self, failed_at: float | None) -> float | None:
+        return self.failing_since if self.failing_since is not None else failed_at
 
     def split(self) -> tuple[Batch, Batch]:
         """Halves, in order, to isolate what the server rejects."""
@@ -98,10 +103,12 @@ class Batch:
         self._settle("dead_letter")
         self.lease.settled(self.entries, dead=True)
 
-    def partition(self, confirmed: Sequence[int], refused: Sequence[int]) -> Batch | None:
+    def partition(
+        self, confirmed: Sequence[int], refused: Sequence[int], failed_at: float | None = None
+    ) -> Batch | None:
         """An output that answers entry by entry (a broker): the ``confirmed`` (indices) are
         delivered, the ``refused`` kept as dead letters, and the rest returned as a batch to
-        send again (None when nothing is left)."""
+        send again (None when nothing is left; ``failed_at`` as for ``retry``)."""
         self._check_open("partition")
         done = set(confirmed) | set(refused)
         if len(done) != len(confirmed) + len(refused) or not done <= set(range(len(self.entries))):
@@ -109,4 +116,4 @@ class Batch:
         rest = [e for i, e in enumerate(self.entries) if i not in done]
         self._settle("partition")
         self.lease.settle([self.entries[i] for i in confirmed], [self.entries[i] for i in refused])
-        return Batch(self.lease, rest, self.attempt + 1) if rest else None
+        return Batch(self.lease, rest, self.attempt + 1, self._since(failed_at)) if rest else None

@@ -28,6 +28,20 @@ from queue_store.store import QueueStore
 # -- time ---------------------------------------------------------------------------------
 
 
+class StepClock:
+    """A bare monotonic clock (``RetryPolicy``'s ``clock``) that moves ``step`` seconds each
+    time it is read; set ``now`` to put it anywhere."""
+
+    def __init__(self, step: float = 0.0) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.step
+        return now
+
+
 class FakeClock(Clock):
     """A Clock whose time moves only when told: ``advance`` or ``wait`` (which never sleeps).
 

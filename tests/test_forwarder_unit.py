@@ -220,12 +220,13 @@ class TestDelivered:
         assert (rig.store.stats().pending, rig.store.stats().acked_kept) == (0, 8)
 
     def test_a_success_resets_the_backoff(self, rig: Rig) -> None:
-        """After a 2xx the next failure waits 1 s again, not the next doubling."""
+        """After a 2xx the next failure waits 1 s again, not the next step (the first batch's
+        503s wait 1, 1 and 2 s: its steps cut to how long it has been failing)."""
         rig.feed.commit(lines(8))
         rig.feed.commit(lines(8, "second"))
-        rig.adapter.queue(503, 503, 200, 503, 200)
+        rig.adapter.queue(503, 503, 503, 200, 503, 200)
         rig.drive_until_empty()
-        assert gaps(rig.ingests()) == [1.0, 2.0, 0.0, 1.0]
+        assert gaps(rig.ingests()) == [1.0, 1.0, 2.0, 0.0, 1.0]
 
 
 class TestReregister:
@@ -391,11 +392,12 @@ class TestTransient:
         assert rig.store.stats().acked_kept == 8
 
     def test_5xx_backs_off_exponentially_up_to_the_cap(self, rig: Rig) -> None:
-        """500, 502, 503, 504, 500, 503 are retried after 1, 2, 4, 8, 16 and 30 s."""
+        """500, 502, 503, 504, 500, 503, 502 are retried after 1, 1, 2, 4, 8, 16 and 30 s: the
+        steps 1, 2, 4 … 30 s, each cut to how long the batch has been failing (at least 1 s)."""
         rig.feed.commit(lines(8))
-        rig.adapter.queue(500, 502, 503, 504, 500, 503, 200)
+        rig.adapter.queue(500, 502, 503, 504, 500, 503, 502, 200)
         rig.drive_until_empty()
-        assert gaps(rig.ingests()) == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+        assert gaps(rig.ingests()) == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
         assert rig.store.stats().acked_kept == 8
 
     @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
@@ -408,7 +410,7 @@ class TestTransient:
         assert (stats.pending, stats.acked_kept, stats.dead_letter) == (8, 0, 0)
         rig.adapter.queue(200)
         rig.drive_until_empty()
-        assert gaps(rig.ingests()) == [1.0, 2.0, 4.0]
+        assert gaps(rig.ingests()) == [1.0, 1.0, 2.0]
         assert len({r.body["batch_id"] for r in rig.ingests()}) == 1
 
     @pytest.mark.parametrize(
@@ -1069,6 +1071,23 @@ class TestPartition:
         rest.ack()
         assert finisher.finished == [lease]
 
+    def test_a_batch_keeps_the_time_of_its_first_failure(self) -> None:
+        """retry and partition carry ``failing_since`` from the first failure on; a split
+        starts afresh (its halves have not failed yet)."""
+        items = entries(4)
+        batch = Batch(Lease(RecordingFinisher(), [1], items), items)
+        assert batch.failing_since is None
+        again = batch.retry(10.0)
+        assert (again.attempt, again.failing_since) == (1, 10.0)
+        third = again.retry(12.5)
+        assert (third.attempt, third.failing_since) == (2, 10.0)
+        rest = third.partition([0], [], 20.0)
+        assert rest is not None and (rest.attempt, rest.failing_since) == (3, 10.0)
+        fresh = Batch(Lease(RecordingFinisher(), [2], items), items).partition([0], [], 30.0)
+        assert fresh is not None and fresh.failing_since == 30.0
+        first, second = rest.split()
+        assert (first.failing_since, second.failing_since) == (None, None)
+
     def test_partition_rejects_overlapping_indices(self) -> None:
         """An index both confirmed and refused is a bug in the sink: ValueError."""
         items = entries(2)
@@ -1122,6 +1141,31 @@ class TestEntryByEntry:
             stats = store.stats()
             assert (stats.pending, stats.acked_kept, stats.dead_letter) == (0, 4, 1)
             assert (fwd.sent_lines, fwd.dead_lines) == (3, 1)
+        finally:
+            store.close()
+
+    def test_an_entry_failing_again_waits_at_most_its_age(self, tmp_path: Path) -> None:
+        """#1 fails three times: its waits are the steps 1, 2, 4 s cut to how long it has
+        been failing (1, 1, 2 s), counted from the first failure across partitions."""
+        store, feed = make_store(tmp_path, lines(2))
+        clock = FakeClock()
+        failed = Delivery(Decision(Outcome.RETRY, "broker: 1 failed"), Signal.OK, failed=(1,))
+        again = Delivery(Decision(Outcome.RETRY, "broker: 1 failed"), Signal.OK, failed=(0,))
+        sink = EntrySink([failed, again, again])
+        fwd = Forwarder(
+            store, sink, make_registrar(registered=True), batch_size=10, batch_interval=0,
+            retry=RetryPolicy(RETRY_INTERVAL, jitter=identity, clock=clock.monotonic),
+            clock=clock,
+        )  # fmt: skip
+        try:
+            waits = []
+            for _ in range(3):
+                waits.append(fwd.step(flush=True))
+                clock.advance(waits[-1])
+            assert waits == [1.0, 1.0, 2.0]
+            fwd.step(flush=True)
+            assert sink.sent == [feed.uids] + [[feed.uids[1]]] * 3
+            assert store.stats().acked_kept == 2
         finally:
             store.close()
 

@@ -8,6 +8,7 @@ import pytest
 
 from forwarder.outcome import Decision, Outcome, classify
 from forwarder.retry import RETRY_AFTER_MAX, RetryPolicy, parse_retry_after
+from tests.fakes import StepClock
 
 HTTP_DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
 HTTP_DATE_EPOCH = 1_445_412_480.0
@@ -15,19 +16,6 @@ HTTP_DATE_EPOCH = 1_445_412_480.0
 
 def identity(delay: float) -> float:
     return delay
-
-
-class StepClock:
-    """A monotonic clock that moves ``step`` seconds each time it is read (each failure)."""
-
-    def __init__(self, step: float = 0.0) -> None:
-        self.now = 0.0
-        self.step = step
-
-    def __call__(self) -> float:
-        now = self.now
-        self.now += self.step
-        return now
 
 
 def apart() -> StepClock:
@@ -215,6 +203,16 @@ class TestRetryPolicy:
         assert policy.next_delay() == 1.0
         clock.now = 102.0
         assert policy.next_delay() == 2.0  # step 4 s, age 2 s
+
+    def test_one_batch_waits_at_most_its_own_age(self) -> None:
+        """batch_delay with ``age`` (seconds since that batch first failed): the step cut to
+        the age, at least the first step; without ``age`` the step alone."""
+        policy = RetryPolicy(30.0, jitter=identity, clock=StepClock())
+        assert policy.batch_delay(4, age=9.5) == 9.5  # step 16 s
+        assert policy.batch_delay(4) == 16.0
+        assert policy.batch_delay(1, age=0.3) == 1.0  # step 2 s, at least 1 s
+        assert policy.batch_delay(6, age=100.0) == 30.0  # the cap
+        assert policy.batch_delay(4, 7.0, age=1.0) == 7.0  # Retry-After still wins
 
     def test_retry_after_is_not_cut_to_the_streaks_age(self) -> None:
         """The server's Retry-After wins over both bounds, also at the streak's first failure."""

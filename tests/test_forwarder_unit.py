@@ -1115,6 +1115,14 @@ class EntrySink:
 ACCEPTED = Decision(Outcome.DELIVERED, "accepted")
 
 
+def entry_forwarder(store: QueueStore, sink: EntrySink, clock: FakeClock) -> Forwarder:
+    """A forwarder over an entry-by-entry sink, on fake time, backoff without jitter."""
+    return Forwarder(
+        store, sink, make_registrar(registered=True), batch_size=10, batch_interval=0,
+        retry=RetryPolicy(RETRY_INTERVAL, jitter=identity, clock=clock.monotonic), clock=clock,
+    )  # fmt: skip
+
+
 class TestEntryByEntry:
     def test_confirmed_acked_refused_dead_failed_sent_again(self, tmp_path: Path) -> None:
         """Of 4 entries the output refuses #1 for good and fails #2 for now: #0 and #3 are
@@ -1125,11 +1133,7 @@ class TestEntryByEntry:
             Decision(Outcome.RETRY, "broker: 1 failed"), Signal.OK, refused=(1,), failed=(2,)
         )
         sink = EntrySink([partial])
-        fwd = Forwarder(
-            store, sink, make_registrar(registered=True), batch_size=10, batch_interval=0,
-            retry=RetryPolicy(RETRY_INTERVAL, jitter=identity, clock=clock.monotonic),
-            clock=clock,
-        )  # fmt: skip
+        fwd = entry_forwarder(store, sink, clock)
         try:
             assert fwd.step(flush=True) == 1.0  # #2 waits its backoff
             stats = store.stats()
@@ -1152,11 +1156,7 @@ class TestEntryByEntry:
         failed = Delivery(Decision(Outcome.RETRY, "broker: 1 failed"), Signal.OK, failed=(1,))
         again = Delivery(Decision(Outcome.RETRY, "broker: 1 failed"), Signal.OK, failed=(0,))
         sink = EntrySink([failed, again, again])
-        fwd = Forwarder(
-            store, sink, make_registrar(registered=True), batch_size=10, batch_interval=0,
-            retry=RetryPolicy(RETRY_INTERVAL, jitter=identity, clock=clock.monotonic),
-            clock=clock,
-        )  # fmt: skip
+        fwd = entry_forwarder(store, sink, clock)
         try:
             waits = []
             for _ in range(3):

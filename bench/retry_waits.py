@@ -45,7 +45,7 @@ def wait_after_return(outage: float, retry_interval: float) -> float:
     try:
         policy = RetryPolicy(retry_interval, clock=clock)
     except TypeError:  # a tree from before the age bound (f2c77f0): its policy reads no clock
-        policy = RetryPolicy(retry_interval)
+        policy = RetryPolicy(retry_interval)  # type: ignore[call-arg]
     while True:
         clock.now += policy.next_delay()
         if clock.now >= outage:

@@ -303,7 +303,7 @@ class Forwarder:
             self._retry(batch, delivery.retry_after, decision.reason, auth=decision.auth,
                         pause=everyone)  # fmt: skip
         elif outcome is Outcome.REREGISTER:
-            self.ready.appendleft(batch.retry())
+            self.ready.appendleft(batch.retry(None))  # the sender's failure, not the batch's
             self.registrar.invalidate()
             # A server that keeps forgetting us must not turn into a register/send spin.
             due = self.clock.monotonic() + self.retry.next_delay()
@@ -358,7 +358,8 @@ class Forwarder:
             verb()
         except BufferWriteError as exc:
             self._buffer_failed(exc)
-            again = Batch(batch.lease, batch.entries, batch.attempt + 1)
+            # Not a failure of the batch: its attempts and age go on as they were.
+            again = Batch(batch.lease, batch.entries, batch.attempt + 1, batch.failing_since)
             self.waiting.append(_Waiting(again, self.clock.monotonic() + ACK_RETRY_S))
             self.waiting.sort(key=lambda w: w.due)
             return False

@@ -61,7 +61,7 @@ class Batch:
     lease: Lease
     entries: Sequence[Entry]
     attempt: int = 0
-    failing_since: float | None = None  # when its first attempt failed (monotonic seconds)
+    failing_since: float | None = None  # its first counted failure (monotonic seconds)
     _verb: str | None = field(default=None, repr=False)
 
     def _check_open(self, verb: str) -> None:
@@ -77,7 +77,7 @@ class Batch:
         self._settle("ack")
         self.lease.settled(self.entries, dead=False)
 
-    def retry(self, failed_at: float | None = None) -> Batch:
+    def retry(self, failed_at: float | None) -> Batch:
         """Send the same entries again later; returns the batch to send. ``failed_at``: when
         this attempt failed, kept as ``failing_since`` unless an earlier failure already is."""
         self._settle("retry")
@@ -104,7 +104,7 @@ class Batch:
         self.lease.settled(self.entries, dead=True)
 
     def partition(
-        self, confirmed: Sequence[int], refused: Sequence[int], failed_at: float | None = None
+        self, confirmed: Sequence[int], refused: Sequence[int], failed_at: float | None
     ) -> Batch | None:
         """An output that answers entry by entry (a broker): the ``confirmed`` (indices) are
         delivered, the ``refused`` kept as dead letters, and the rest returned as a batch to

@@ -36,6 +36,7 @@ from forwarder.sink import Delivery
 from forwarder.transport import Transport, TransportSettings
 from ila_agent.version import USER_AGENT
 from ila_core.clock import rfc3339_ms
+from ila_core.errors import BufferWriteError
 from queue_store.batch import Batch, BatchSettledTwice, Lease
 from queue_store.leases import Selection
 from queue_store.records import Entry, event_uid
@@ -785,10 +786,10 @@ class TestHeartbeat:
 
 VERBS: dict[str, Callable[[Batch], Any]] = {
     "ack": Batch.ack,
-    "retry": Batch.retry,
+    "retry": lambda b: b.retry(None),
     "split": Batch.split,
     "dead_letter": Batch.dead_letter,
-    "partition": lambda b: b.partition([0], []),
+    "partition": lambda b: b.partition([0], [], None),
 }
 
 
@@ -830,7 +831,7 @@ class TestBatchVerbs:
         finisher = RecordingFinisher()
         items = entries(2)
         lease = Lease(finisher, [1], items)
-        again = Batch(lease, items).retry()
+        again = Batch(lease, items).retry(None)
         assert again.attempt == 1
         first, second = again.split()
         assert (list(first.entries), list(second.entries)) == ([items[0]], [items[1]])
@@ -1065,7 +1066,7 @@ class TestPartition:
         finisher = RecordingFinisher()
         items = entries(4)
         lease = Lease(finisher, [1], items)
-        rest = Batch(lease, items).partition([0, 2], [3])
+        rest = Batch(lease, items).partition([0, 2], [3], None)
         assert rest is not None and list(rest.entries) == [items[1]] and rest.attempt == 1
         assert (lease.delivered, lease.dead, finisher.finished) == (2, [items[3]], [])
         rest.ack()
@@ -1092,7 +1093,7 @@ class TestPartition:
         """An index both confirmed and refused is a bug in the sink: ValueError."""
         items = entries(2)
         with pytest.raises(ValueError):
-            Batch(Lease(RecordingFinisher(), [1], items), items).partition([0], [0])
+            Batch(Lease(RecordingFinisher(), [1], items), items).partition([0], [0], None)
 
 
 class EntrySink:
@@ -1145,6 +1146,38 @@ class TestEntryByEntry:
             stats = store.stats()
             assert (stats.pending, stats.acked_kept, stats.dead_letter) == (0, 4, 1)
             assert (fwd.sent_lines, fwd.dead_lines) == (3, 1)
+        finally:
+            store.close()
+
+    def test_an_ack_that_could_not_be_written_keeps_the_batchs_age(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """503 at T (waits 1 s), 200 at T+1 whose ack write fails (sent again 1 s later), 503
+        at T+2: the step is 4 s and the batch has been failing for 2 s, so it waits 2 s (the
+        age was not lost with the ack)."""
+        store, feed = make_store(tmp_path, lines(2))
+        clock = FakeClock()
+        busy = Delivery(Decision(Outcome.RETRY, "server answered 503"), Signal.BACKPRESSURE)
+        sink = EntrySink([busy, Delivery(ACCEPTED, Signal.OK), busy])
+        fwd = entry_forwarder(store, sink, clock)
+        real_ack = store.ack
+        fails = [BufferWriteError("database or disk is full")]
+
+        def ack_once_failing(lease: Any) -> None:
+            if fails:
+                raise fails.pop()
+            real_ack(lease)
+
+        monkeypatch.setattr(store, "ack", ack_once_failing)
+        try:
+            waits = []
+            for _ in range(3):
+                waits.append(fwd.step(flush=True))
+                clock.advance(waits[-1])
+            assert waits == [1.0, 1.0, 2.0]
+            fwd.step(flush=True)
+            assert sink.sent == [feed.uids] * 4
+            assert store.stats().acked_kept == 2
         finally:
             store.close()
 

@@ -1124,6 +1124,15 @@ def entry_forwarder(store: QueueStore, sink: EntrySink, clock: FakeClock) -> For
     )  # fmt: skip
 
 
+def step_waits(fwd: Forwarder, clock: FakeClock, n: int) -> list[float]:
+    """What ``n`` steps return, the fake time moved on by each (the forwarder's own wait)."""
+    waits = []
+    for _ in range(n):
+        waits.append(fwd.step(flush=True))
+        clock.advance(waits[-1])
+    return waits
+
+
 class TestEntryByEntry:
     def test_confirmed_acked_refused_dead_failed_sent_again(self, tmp_path: Path) -> None:
         """Of 4 entries the output refuses #1 for good and fails #2 for now: #0 and #3 are
@@ -1170,11 +1179,7 @@ class TestEntryByEntry:
 
         monkeypatch.setattr(store, "ack", ack_once_failing)
         try:
-            waits = []
-            for _ in range(3):
-                waits.append(fwd.step(flush=True))
-                clock.advance(waits[-1])
-            assert waits == [1.0, 1.0, 2.0]
+            assert step_waits(fwd, clock, 3) == [1.0, 1.0, 2.0]
             fwd.step(flush=True)
             assert sink.sent == [feed.uids] * 4
             assert store.stats().acked_kept == 2
@@ -1191,11 +1196,7 @@ class TestEntryByEntry:
         sink = EntrySink([failed, again, again])
         fwd = entry_forwarder(store, sink, clock)
         try:
-            waits = []
-            for _ in range(3):
-                waits.append(fwd.step(flush=True))
-                clock.advance(waits[-1])
-            assert waits == [1.0, 1.0, 2.0]
+            assert step_waits(fwd, clock, 3) == [1.0, 1.0, 2.0]
             fwd.step(flush=True)
             assert sink.sent == [feed.uids] + [[feed.uids[1]]] * 3
             assert store.stats().acked_kept == 2

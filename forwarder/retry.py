@@ -52,11 +52,11 @@ class RetryPolicy:
         if self._gen is None:
             self._gen = backoff.expo(base=self.base, factor=self.factor, max_value=self.cap)
             next(self._gen)  # backoff's generators are primed with a first send(None)
-        capped = min(float(next(self._gen)), max(self.factor, now - self._since))
+        step = float(next(self._gen))
         if retry_after is not None:
             # "Retry-After: 0" again and again must not become a tight loop.
             return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, retry_after))
-        return max(0.0, float(self.jitter(capped)))
+        return self._draw(step, now - self._since)
 
     def batch_delay(
         self, attempt: int, retry_after: float | None = None, *, age: float | None = None
@@ -71,10 +71,15 @@ class RetryPolicy:
         self.failures += 1
         if retry_after is not None:
             return min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, retry_after))
-        capped = min(self.cap, self.factor * self.base ** max(0, attempt))
+        return self._draw(self.factor * self.base ** max(0, attempt), age)
+
+    def _draw(self, step: float, age: float | None) -> float:
+        """The jittered wait under the three bounds: the step, the cap, the failures' age
+        (at least the first step; no age, no such bound)."""
+        bound = min(step, self.cap)
         if age is not None:
-            capped = min(capped, max(self.factor, age))
-        return max(0.0, float(self.jitter(capped)))
+            bound = min(bound, max(self.factor, age))
+        return max(0.0, float(self.jitter(bound)))
 
     def reset(self) -> None:
         self.failures = 0

@@ -12,7 +12,6 @@ The rooms behind the door, one file each: ``schema`` (tables, states, persist-qu
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sqlite3
@@ -230,8 +229,12 @@ class QueueStore(BufferFile):
         except BaseException:
             # The caller gets none of them: give every item taken here back (not only the
             # one that failed), or they would wait until the agent restarts.
-            with contextlib.suppress(BufferWriteError):
-                self.release_ids([rid for won, _ in taken for rid in won])
+            ids = [rid for won, _ in taken for rid in won]
+            try:
+                self.release_ids(ids)
+            except BufferWriteError as exc:
+                # The decoding error goes on up; these items wait for the next start.
+                log.error("lease_release_failed", items=len(ids), error=str(exc))
             raise
         return out, head
 
